@@ -1,0 +1,213 @@
+"""Building blocks of the spatio-temporal transformer: attention, bone cross-attention and graph mixers.
+
+Shapes are written for export: the batch is the only free dimension (reshapes use -1 for it), joints and frames
+are fixed at construction, adjacency matrices are buffers and top-k uses a constant k.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from kasf import skeleton
+
+
+def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
+    """Stochastic depth per sample: zero a sample's residual branch with probability drop_prob."""
+    if drop_prob == 0.0 or not training:
+        return x
+    keep = 1.0 - drop_prob
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+    return x * mask / keep
+
+
+class DropPath(nn.Module):
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return drop_path(x, self.drop_prob, self.training)
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int, act_layer: type[nn.Module] = nn.GELU, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = act_layer()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, dropout: nn.Dropout) -> torch.Tensor:
+    attn = (q @ k.transpose(-2, -1)) * scale
+    return dropout(attn.softmax(dim=-1)) @ v
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over the joints of a frame (spatial) or the frames of a joint (temporal)."""
+
+    def __init__(self, dim: int, num_heads: int, mode: str, n_frames: int, num_joints: int,
+                 qkv_bias: bool = False, qk_scale: float | None = None, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim_feat {dim} is not divisible by num_heads {num_heads}")
+        self.mode, self.num_heads, self.head_dim = mode, num_heads, dim // num_heads
+        self.n_frames, self.num_joints, self.dim = n_frames, num_joints, dim
+        self.scale = qk_scale or self.head_dim ** -0.5
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def _split_heads(self, t: torch.Tensor, parts: int) -> torch.Tensor:
+        """(B, T, J, parts*D) -> (parts, B, H, T, J, d) spatial or (parts, B, H, J, T, d) temporal."""
+        t = t.reshape(-1, self.n_frames, self.num_joints, parts, self.num_heads, self.head_dim)
+        if self.mode == "spatial":
+            return t.permute(3, 0, 4, 1, 2, 5)
+        return t.permute(3, 0, 4, 2, 1, 5)
+
+    def _merge_heads(self, t: torch.Tensor) -> torch.Tensor:
+        """Back to (B, T, J, D) with channel = head * d + i (the reference's head-major order)."""
+        t = t.permute(0, 2, 3, 1, 4) if self.mode == "spatial" else t.permute(0, 3, 2, 1, 4)
+        return t.reshape(-1, self.n_frames, self.num_joints, self.dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._split_heads(self.qkv(x), 3).unbind(0)
+        out = self._merge_heads(_attend(q, k, v, self.scale, self.attn_drop))
+        return self.proj_drop(self.proj(out))
+
+
+class BoneCrossAttention(Attention):
+    """Cross-attention: queries from the pose stream, keys and values from the limb tokens."""
+
+    def __init__(self, dim: int, num_heads: int, mode: str, n_frames: int, num_joints: int,
+                 qkv_bias: bool = False, qk_scale: float | None = None, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0) -> None:
+        super().__init__(dim, num_heads, mode, n_frames, num_joints, qkv_bias, qk_scale, attn_drop, proj_drop)
+        del self.qkv
+        self.qkv_q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.qkv_kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
+
+    def forward(self, x: torch.Tensor, limb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        q = self._split_heads(self.qkv_q(x), 1)[0]
+        k, v = self._split_heads(self.qkv_kv(limb), 2).unbind(0)
+        out = self._merge_heads(_attend(q, k, v, self.scale, self.attn_drop))
+        return self.proj_drop(self.proj(out))
+
+
+def normalize_adjacency(adj: torch.Tensor) -> torch.Tensor:
+    """D^-1/2 A D^-1/2 with D the row sums (the reference's normalize_digraph), batched over leading dims."""
+    inv_sqrt_deg = adj.sum(dim=-1).pow(-0.5)
+    return inv_sqrt_deg.unsqueeze(-1) * adj * inv_sqrt_deg.unsqueeze(-2)
+
+
+def spatial_adjacency(num_joints: int = skeleton.NUM_JOINTS) -> torch.Tensor:
+    if num_joints != skeleton.NUM_JOINTS:
+        raise ValueError(f"the spatial graph is defined for {skeleton.NUM_JOINTS} joints, got num_joints={num_joints}")
+    adj = torch.zeros(num_joints, num_joints)
+    for joint, neighbours in enumerate(skeleton.JOINT_NEIGHBOURS):
+        adj[joint, list(neighbours)] = 1.0
+    return adj
+
+
+def temporal_chain_adjacency(n_frames: int, connection_len: int) -> torch.Tensor:
+    """Fixed temporal graph used when use_temporal_similarity is off: frame i links to i..i+connection_len."""
+    adj = torch.zeros(n_frames, n_frames)
+    for i in range(n_frames):
+        adj[i, i:min(n_frames, i + connection_len + 1)] = 1.0
+    return adj
+
+
+class GraphMixer(nn.Module):
+    """Graph convolution over joints (fixed skeleton graph) or frames (k-nearest by feature similarity).
+
+    out = ReLU(X + BatchNorm(A_n V(X) + U(X))), the BatchNorm's channels being the graph nodes.
+    """
+
+    def __init__(self, dim: int, mode: str, n_frames: int, num_joints: int, neighbour_num: int = 4,
+                 use_temporal_similarity: bool = True, temporal_connection_len: int = 1) -> None:
+        super().__init__()
+        self.mode, self.n_frames, self.num_joints, self.dim = mode, n_frames, num_joints, dim
+        self.use_similarity = mode == "temporal" and use_temporal_similarity
+        if self.use_similarity and not 1 <= neighbour_num <= n_frames:
+            raise ValueError(f"neighbour_num must be in [1, n_frames={n_frames}], got {neighbour_num}")
+        self.neighbour_num = neighbour_num
+        num_nodes = num_joints if mode == "spatial" else n_frames
+        self.U = nn.Linear(dim, dim)
+        self.V = nn.Linear(dim, dim)
+        self.batch_norm = nn.BatchNorm1d(num_nodes)
+        self.relu = nn.ReLU()
+        nn.init.normal_(self.U.weight, 0.0, math.sqrt(2.0 / dim))
+        nn.init.normal_(self.V.weight, 0.0, math.sqrt(2.0 / dim))
+        if mode == "spatial":
+            fixed = spatial_adjacency(num_joints)
+        else:
+            fixed = temporal_chain_adjacency(n_frames, temporal_connection_len)
+        # Normalised once here; not part of the state dict (the reference keeps it out too).
+        self.register_buffer("norm_adj", normalize_adjacency(fixed), persistent=False)
+
+    def _similarity_adjacency(self, nodes: torch.Tensor) -> torch.Tensor:
+        similarity = nodes @ nodes.transpose(-2, -1)
+        threshold = similarity.topk(self.neighbour_num, dim=-1).values[..., -1:]
+        return normalize_adjacency((similarity >= threshold).to(nodes.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "spatial":
+            nodes = x.reshape(-1, self.num_joints, self.dim)
+        else:
+            nodes = x.transpose(1, 2).reshape(-1, self.n_frames, self.dim)
+        adj = self._similarity_adjacency(nodes) if self.use_similarity else self.norm_adj.to(nodes.dtype)
+        out = self.relu(nodes + self.batch_norm(adj @ self.V(nodes) + self.U(nodes)))
+        if self.mode == "spatial":
+            return out.reshape(-1, self.n_frames, self.num_joints, self.dim)
+        return out.reshape(-1, self.num_joints, self.n_frames, self.dim).transpose(1, 2)
+
+
+class FormerModule(nn.Module):
+    """Pre-norm residual unit: x + s1 * mixer(norm1(x)), then x + s2 * mlp(norm2(x))."""
+
+    def __init__(self, dim: int, mode: str, mixer_type: str, n_frames: int, num_joints: int,
+                 mlp_ratio: float = 4.0, act_layer: type[nn.Module] = nn.GELU, attn_drop: float = 0.0,
+                 drop: float = 0.0, drop_path: float = 0.0, num_heads: int = 8, qkv_bias: bool = False,
+                 qk_scale: float | None = None, use_layer_scale: bool = True, layer_scale_init_value: float = 1e-5,
+                 use_temporal_similarity: bool = True, temporal_connection_len: int = 1,
+                 neighbour_num: int = 4) -> None:
+        super().__init__()
+        self.mixer_type = mixer_type
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm1_limb = nn.LayerNorm(dim)  # present in every module of the reference, used by the bone mixer
+        if mixer_type == "attention":
+            self.mixer = Attention(dim, num_heads, mode, n_frames, num_joints, qkv_bias, qk_scale, attn_drop, drop)
+        elif mixer_type == "bone":
+            self.mixer = BoneCrossAttention(dim, num_heads, mode, n_frames, num_joints, qkv_bias, qk_scale,
+                                            attn_drop, drop)
+        elif mixer_type == "graph":
+            self.mixer = GraphMixer(dim, mode, n_frames, num_joints, neighbour_num, use_temporal_similarity,
+                                    temporal_connection_len)
+        else:
+            raise ValueError(f"unknown mixer_type {mixer_type!r}")
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, int(dim * mlp_ratio), act_layer, drop)
+        self.drop_path = DropPath(drop_path)
+        self.use_layer_scale = use_layer_scale
+        if use_layer_scale:
+            self.layer_scale_1 = nn.Parameter(layer_scale_init_value * torch.ones(dim))
+            self.layer_scale_2 = nn.Parameter(layer_scale_init_value * torch.ones(dim))
+
+    def forward(self, x: torch.Tensor, limb: torch.Tensor | None = None) -> torch.Tensor:
+        if self.mixer_type == "bone":
+            mixed = self.mixer(self.norm1(x), self.norm1_limb(limb))
+        else:
+            mixed = self.mixer(self.norm1(x))
+        if self.use_layer_scale:
+            x = x + self.drop_path(self.layer_scale_1 * mixed)
+            return x + self.drop_path(self.layer_scale_2 * self.mlp(self.norm2(x)))
+        x = x + self.drop_path(mixed)
+        return x + self.drop_path(self.mlp(self.norm2(x)))

@@ -1,0 +1,106 @@
+"""Named model sizes: the released KASportsFormer and smaller ones for edge devices.
+
+``build("kasportsformer-s")`` makes a model by name; ``build({...})`` from a config dict (reference key names,
+extra training keys ignored). Each KASportsFormer preset has a MotionAGFormer twin of the same size without the
+anatomy branch (``motionagformer-s``), the baseline the paper compares against.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Mapping
+
+import torch
+
+from kasf.model.kasportsformer import KASportsFormer
+
+_SIZES: dict[str, dict[str, Any]] = {
+    # suffix: layers, width, representation, heads. "" is the released configuration (all four checkpoints).
+    "": dict(n_layers=26, dim_feat=128, dim_rep=512, num_heads=8),
+    "-b": dict(n_layers=16, dim_feat=128, dim_rep=512, num_heads=8),
+    "-s": dict(n_layers=12, dim_feat=64, dim_rep=512, num_heads=8),
+    "-xs": dict(n_layers=6, dim_feat=64, dim_rep=256, num_heads=8),
+    "-t": dict(n_layers=4, dim_feat=32, dim_rep=128, num_heads=4),
+}
+_FAMILIES = {"kasportsformer": dict(use_anatomy=True), "motionagformer": dict(use_anatomy=False)}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    family + suffix: {**size, **extra} for family, extra in _FAMILIES.items() for suffix, size in _SIZES.items()
+}
+PRESET_NOTES = {
+    "kasportsformer": "released configuration (SportsPose/WorldPose checkpoints)",
+    "kasportsformer-b": "GPU box",
+    "kasportsformer-s": "Jetson Orin",
+    "kasportsformer-xs": "Jetson / laptop CPU",
+    "kasportsformer-t": "CPU real time; the demo checkpoint",
+}
+
+MODEL_KEYS: frozenset[str] = frozenset(inspect.signature(KASportsFormer.__init__).parameters) - {"self"}
+_MODEL_NAMES = {"kasportsformer": True, "motionagformer": False}
+
+
+def model_config(preset_or_config: str | Mapping[str, Any], **overrides: Any) -> dict[str, Any]:
+    """The full constructor config for a preset name or a (reference-style) config mapping.
+
+    Training keys of a reference YAML (learning_rate, batch_size, ...) are ignored here; ``model_name``
+    picks KASportsFormer or MotionAGFormer.
+    """
+    if isinstance(preset_or_config, str):
+        if preset_or_config not in PRESETS:
+            raise ValueError(f"unknown preset {preset_or_config!r}; choose one of: {', '.join(PRESETS)}")
+        config = dict(PRESETS[preset_or_config])
+    else:
+        config = {k: v for k, v in preset_or_config.items() if k in MODEL_KEYS}
+        name = str(preset_or_config.get("model_name", "")).lower()
+        if name and "use_anatomy" not in config:
+            if name not in _MODEL_NAMES:
+                raise ValueError(f"model_name {preset_or_config['model_name']!r} is not one of KASportsFormer, "
+                                 "MotionAGFormer")
+            config["use_anatomy"] = _MODEL_NAMES[name]
+    unknown = set(overrides) - MODEL_KEYS
+    if unknown:
+        raise ValueError(f"unknown model keys {sorted(unknown)}; valid keys: {sorted(MODEL_KEYS)}")
+    config.update(overrides)
+    return _complete(config)
+
+
+def _complete(config: dict[str, Any]) -> dict[str, Any]:
+    defaults = {k: p.default for k, p in inspect.signature(KASportsFormer.__init__).parameters.items()
+                if k != "self"}
+    full = {**defaults, **config}
+    if not isinstance(full["act_layer"], str):
+        full["act_layer"] = full["act_layer"].__name__.lower()
+    return full
+
+
+def build(preset_or_config: str | Mapping[str, Any] = "kasportsformer", **overrides: Any) -> KASportsFormer:
+    """A freshly initialised model from a preset name or a config mapping."""
+    return KASportsFormer(**model_config(preset_or_config, **overrides))
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def gflops_per_window(model: KASportsFormer) -> float:
+    """Floating-point operations (multiply and add counted separately) of one forward pass on one window."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    window = torch.zeros(1, model.n_frames, model.num_joints, model.dim_in)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(window)
+    model.train(was_training)
+    return counter.get_total_flops() / 1e9
+
+
+def presets_table() -> str:
+    """Markdown table of every preset: size, cost per 27-frame window, intended use."""
+    rows = ["| preset | layers | dim_feat | dim_rep | heads | parameters | GFLOPs / window | use |",
+            "|---|---|---|---|---|---|---|---|"]
+    for name, cfg in PRESETS.items():
+        model = build(name)
+        rows.append(f"| `{name}` | {cfg['n_layers']} | {cfg['dim_feat']} | {cfg['dim_rep']} | {cfg['num_heads']} | "
+                    f"{count_parameters(model):,} | {gflops_per_window(model):.2f} | {PRESET_NOTES.get(name, '')} |")
+    return "\n".join(rows)

@@ -1,0 +1,42 @@
+"""kasf: the KASportsFormer toolkit. Install torch first (CPU or CUDA build), then `pip install .`."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+version = {}
+for line in (ROOT / "kasf" / "__init__.py").read_text().splitlines():
+    if line.startswith("__version__"):
+        exec(line, version)
+
+EXTRAS = {
+    "onnx": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.1"],
+    "gpu": ["onnxruntime-gpu>=1.18", "tensorrt>=8.6", "pycuda>=2022.2"],
+    "pose2d": ["rtmlib>=0.0.13", "opencv-python>=4.8"],
+    "dev": ["pytest>=7.4", "onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.1"],
+}
+
+setup(
+    name="kasf",
+    version=version["__version__"],
+    description="KASportsFormer toolkit: train, export (ONNX/TensorRT) and stream a 2D-to-3D human pose lifter",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["kasf", "kasf.*"]),
+    package_data={"kasf": ["assets/*"]},
+    install_requires=["torch>=2.2", "numpy>=1.24", "pyyaml>=6.0", "tqdm>=4.60"],
+    extras_require=EXTRAS,
+    entry_points={
+        "console_scripts": [
+            "kasf-info=kasf.info:main",
+        ],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+        "Topic :: Scientific/Engineering :: Image Recognition",
+    ],
+)
