@@ -122,7 +122,7 @@ class KASportsFormer(nn.Module):
                 attn_drop=attn_drop, drop=drop, drop_path=rate, num_heads=num_heads, qkv_bias=qkv_bias,
                 qk_scale=qkv_scale, use_layer_scale=use_layer_scale, layer_scale_init_value=layer_scale_init_value,
                 use_temporal_similarity=use_temporal_similarity, temporal_connection_len=temporal_connection_len,
-                neighbour_num=neighbour_num)
+                neighbour_num=neighbour_num, limb_norm=use_anatomy)
             blocks.append(KASportsFormerBlock(dim_feat, branch_kwargs, use_adaptive_fusion, use_anatomy))
         # Reference names: 'layers_with_bone' (KASportsFormer), 'layers' (MotionAGFormer).
         setattr(self, "layers_with_bone" if use_anatomy else "layers", nn.ModuleList(blocks))

@@ -178,11 +178,13 @@ class FormerModule(nn.Module):
                  drop: float = 0.0, drop_path: float = 0.0, num_heads: int = 8, qkv_bias: bool = False,
                  qk_scale: float | None = None, use_layer_scale: bool = True, layer_scale_init_value: float = 1e-5,
                  use_temporal_similarity: bool = True, temporal_connection_len: int = 1,
-                 neighbour_num: int = 4) -> None:
+                 neighbour_num: int = 4, limb_norm: bool = True) -> None:
         super().__init__()
         self.mixer_type = mixer_type
         self.norm1 = nn.LayerNorm(dim)
-        self.norm1_limb = nn.LayerNorm(dim)  # present in every module of the reference, used by the bone mixer
+        if limb_norm or mixer_type == "bone":
+            # KASportsFormer has it in every module (only the bone mixer uses it); MotionAGFormer has none.
+            self.norm1_limb = nn.LayerNorm(dim)
         if mixer_type == "attention":
             self.mixer = Attention(dim, num_heads, mode, n_frames, num_joints, qkv_bias, qk_scale, attn_drop, drop)
         elif mixer_type == "bone":

@@ -1,0 +1,126 @@
+"""The model against the reference implementation's fixtures, and its behaviour on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from kasf import skeleton
+from kasf.model import KASportsFormer, build, count_parameters, model_config
+from kasf.model.anatomy import bone_features
+from kasf.model.layers import normalize_adjacency, spatial_adjacency
+from tests.conftest import SHARED, need_shared
+
+
+def _strip(state_dict):
+    return {k.removeprefix("module."): v for k, v in state_dict.items()}
+
+
+@pytest.fixture(scope="module")
+def small_model(official_small) -> KASportsFormer:
+    model = KASportsFormer(**official_small["config"]).eval()
+    model.load_state_dict(_strip(official_small["checkpoint"]["model"]), strict=True)
+    return model
+
+
+def test_outputs_match_reference(small_model, official_small):
+    with torch.no_grad():
+        out = small_model(official_small["inputs"])
+    err = (out - official_small["outputs"]).abs().max().item()
+    assert err < 1e-5, f"max abs error {err}"
+
+
+def test_representation_matches_reference(small_model, official_small):
+    with torch.no_grad():
+        rep = small_model(official_small["inputs"], return_rep=True)
+    assert rep.shape == official_small["rep"].shape
+    assert (rep - official_small["rep"]).abs().max().item() < 1e-5
+
+
+def test_full_model_names_shapes_and_order_match_reference():
+    ref = json.loads(need_shared(SHARED / "fixtures" / "official_full_keys.json").read_text())
+    model = build("kasportsformer")
+    names = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert list(names) == list(ref["state_dict"])  # order too: reference optimizer states index by it
+    assert names == ref["state_dict"]
+    assert count_parameters(model) == ref["n_params"] == 29_365_668
+
+
+def test_reference_yaml_style_config_builds_same_model(official_small):
+    cfg = {"model_name": "KASportsFormer", "learning_rate": 5e-4, "batch_size": 32, **official_small["config"]}
+    assert model_config(cfg) == model_config(official_small["config"])
+    assert model_config({**cfg, "model_name": "MotionAGFormer"})["use_anatomy"] is False
+
+
+def test_bone_features_hand_computed():
+    joints = torch.zeros(1, 17, 2)
+    joints[0, 1] = torch.tensor([3.0, 4.0])  # pelvis->right hip: vector = pelvis - hip = (-3, -4), length 5
+    feats = bone_features(joints, torch.tensor(skeleton.BONE_PROXIMAL), torch.tensor(skeleton.BONE_DISTAL))
+    assert torch.allclose(feats[0, 0], torch.tensor([-0.6, -0.8, 5.0]))
+    # right hip -> right knee: knee at origin, vector = hip - knee = (3, 4)
+    assert torch.allclose(feats[0, 1], torch.tensor([0.6, 0.8, 5.0]))
+    # a zero-length bone: direction 0, guarded length 1 (as the reference computes)
+    assert torch.equal(feats[0, 2], torch.tensor([0.0, 0.0, 1.0]))
+    assert torch.allclose(feats[0, 16], feats[0, :16].mean(dim=0))
+
+
+def test_spatial_adjacency_is_symmetric_skeleton_and_normalised():
+    adj = spatial_adjacency()
+    assert torch.equal(adj, adj.T)
+    assert adj.diagonal().sum() == 0
+    for joint, parent in enumerate(skeleton.PARENTS):
+        if parent >= 0:
+            assert adj[joint, parent] == 1
+    norm = normalize_adjacency(adj)
+    deg = adj.sum(-1)
+    assert torch.allclose(norm[0, 1], 1 / torch.sqrt(deg[0] * deg[1]))
+
+
+@pytest.mark.parametrize("shape", [(2, 27, 17), (2, 26, 17, 3), (2, 27, 16, 3), (2, 27, 17, 2)])
+def test_wrong_input_shape_is_one_clear_error(shape):
+    model = build("kasportsformer-t").eval()
+    with pytest.raises(ValueError, match=r"expects input of shape \(batch, 27, 17, 3\)"):
+        model(torch.zeros(shape))
+
+
+def test_integer_input_is_rejected():
+    with pytest.raises(ValueError, match="floating-point"):
+        build("kasportsformer-t")(torch.zeros(1, 27, 17, 3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("key,value", [("use_tcn", True), ("hierarchical", True), ("num_joints", 16),
+                                       ("act_layer", "swish")])
+def test_unsupported_options_are_refused_by_name(key, value):
+    with pytest.raises(ValueError, match=key if key != "act_layer" else "act_layer"):
+        build("kasportsformer-t", **{key: value})
+
+
+def test_unknown_preset_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="kasportsformer-xs"):
+        build("kasportsformer-xxl")
+
+
+def test_training_mode_uses_dropout_drop_path_and_batchnorm_statistics():
+    torch.manual_seed(0)
+    model = build("kasportsformer-t", drop=0.1, drop_path=0.2)
+    x = torch.randn(4, 27, 17, 3)
+    model.train()
+    first, second = model(x), model(x)
+    assert not torch.allclose(first, second), "dropout/drop-path must make training passes stochastic"
+    bn = model.blocks[0].graph_spatial.mixer.batch_norm
+    assert bn.num_batches_tracked.item() == 2
+    first.square().mean().backward()
+    # As in the reference, norm1_limb exists in every module but only the bone mixer uses it.
+    no_grad = {n for n, p in model.named_parameters() if p.grad is None}
+    assert no_grad and all(".norm1_limb." in n and ".bone_" not in n for n in no_grad)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+
+
+def test_motionagformer_twin_has_reference_names():
+    names = list(build("motionagformer-t").state_dict())
+    assert "layers.0.fusion.weight" in names
+    assert not any("bone" in n or "limb" in n for n in names)
