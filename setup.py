@@ -1,10 +1,15 @@
 """kasf: the KASportsFormer toolkit. Install torch first (CPU or CUDA build), then `pip install .`."""
 
+import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 ROOT = Path(__file__).parent
+sys.path.insert(0, str(ROOT / "cpp_ext"))
+from native_build import plan as plan_native_build  # noqa: E402  (cpp_ext/build.py: the native operator kasf._C)
+
+NATIVE_EXT_MODULES, NATIVE_CMDCLASS, _ = plan_native_build()
 version = {}
 for line in (ROOT / "kasf" / "__init__.py").read_text().splitlines():
     if line.startswith("__version__"):
@@ -27,6 +32,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["kasf", "kasf.*"]),
     package_data={"kasf": ["assets/*"]},
+    ext_modules=NATIVE_EXT_MODULES,
+    cmdclass=NATIVE_CMDCLASS,
     install_requires=["torch>=2.2", "numpy>=1.24", "pyyaml>=6.0", "tqdm>=4.60"],
     extras_require=EXTRAS,
     entry_points={

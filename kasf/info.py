@@ -39,12 +39,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="also unpickle Python objects (only for files you trust)")
+    parser.add_argument("--env", action="store_true",
+                        help="say which anatomy-feature path (native C++/CUDA operator or pure PyTorch) is active, "
+                             "and why")
     args = parser.parse_args(argv)
+    if args.env:
+        from kasf.ops import status
+
+        env = status()
+        print(json.dumps(env, indent=2) if args.json else "\n".join(f"{k}: {v}" for k, v in env.items()))
+        return 0
     if args.presets:
         print(presets_table())
         return 0
     if not args.checkpoint:
-        parser.error("give a CHECKPOINT or --presets")
+        parser.error("give a CHECKPOINT, --presets or --env")
     if args.preset and args.config:
         parser.error("--preset and --config are alternatives; give one")
     try:

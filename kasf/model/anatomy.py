@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kasf import skeleton
+from kasf import ops, skeleton
 
 
 def bone_features(joints_2d: torch.Tensor, proximal: torch.Tensor, distal: torch.Tensor) -> torch.Tensor:
@@ -37,6 +37,8 @@ class BoneExtractor(nn.Module):
         self.register_buffer("distal", torch.tensor(skeleton.BONE_DISTAL), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if ops.use_native(x):  # the C++/CUDA operator of cpp_ext (kasf/ops.py decides, and says why not)
+            return torch.ops.kasf.anatomy_features(x.contiguous())
         return bone_features(x[..., :2], self.proximal, self.distal)
 
 

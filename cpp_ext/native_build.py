@@ -1,0 +1,112 @@
+"""How setup.py builds the native operator (kasf._C): decided here so setup.py only asks for ext_modules/cmdclass.
+
+Why a separate module: the build needs torch at build time and several decisions (compiler? CUDA toolkit and a
+CUDA torch? opted out?). Keeping them here leaves setup.py a plain declaration that other changes can share.
+
+Environment variables read at build time:
+  KASF_NO_EXT=1        build no extension (the package then runs the pure-PyTorch path)
+  KASF_NO_CUDA_EXT=1   build only the CPU kernels even where CUDA could be built
+  KASF_REQUIRE_EXT=1   fail the install instead of falling back when the extension cannot be built (CI sets it)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = ROOT / "cpp_ext"
+BUILD_INFO = "_build_info.json"
+
+
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _compiler() -> str | None:
+    return shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++") or shutil.which("clang++")
+
+
+def plan() -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+    """(ext_modules, cmdclass, info): what to build, and a record of the decision for kasf-info --env."""
+    info: dict[str, Any] = {"built": False, "cuda": False, "reason": ""}
+    if _truthy("KASF_NO_EXT"):
+        info["reason"] = "KASF_NO_EXT was set at build time"
+        return [], {"build_py": _info_build_py(info)}, info
+    try:
+        import torch
+        from torch.utils import cpp_extension
+    except ImportError as err:
+        info["reason"] = (f"torch was not importable at build time ({err}); install torch first and install kasf "
+                          "with pip's --no-build-isolation")
+        _fail_if_required(info["reason"])
+        return [], {"build_py": _info_build_py(info)}, info
+    if _compiler() is None:
+        info["reason"] = "no C++ compiler found at build time (set CXX or install g++)"
+        _fail_if_required(info["reason"])
+        return [], {"build_py": _info_build_py(info)}, info
+    sources = [str(SOURCES.relative_to(ROOT) / "anatomy_op.cpp")]
+    cuda_home = cpp_extension.CUDA_HOME
+    want_cuda = not _truthy("KASF_NO_CUDA_EXT")
+    use_cuda = want_cuda and torch.version.cuda is not None and cuda_home is not None
+    cxx_flags = ["-O3", "-std=c++17"]
+    if use_cuda:
+        sources.append(str(SOURCES.relative_to(ROOT) / "anatomy_cuda.cu"))
+        ext = cpp_extension.CUDAExtension(
+            "kasf._C", sources, include_dirs=[str(SOURCES)],
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]})
+        info["reason"] = f"C++ CPU and CUDA kernels (torch CUDA {torch.version.cuda}, toolkit at {cuda_home})"
+    else:
+        ext = cpp_extension.CppExtension("kasf._C", sources, include_dirs=[str(SOURCES)],
+                                         extra_compile_args={"cxx": cxx_flags})
+        why = ("KASF_NO_CUDA_EXT was set" if not want_cuda else
+               "torch is a CPU build" if torch.version.cuda is None else "no CUDA toolkit (nvcc) found")
+        info["reason"] = f"C++ CPU kernels only ({why})"
+    info.update(built=True, cuda=use_cuda, torch=torch.__version__)
+    return [ext], {"build_ext": _build_ext(cpp_extension.BuildExtension, info), "build_py": _info_build_py(info)}, info
+
+
+def _fail_if_required(reason: str) -> None:
+    if _truthy("KASF_REQUIRE_EXT"):
+        raise SystemExit(f"kasf: KASF_REQUIRE_EXT is set but the native extension cannot be built: {reason}")
+
+
+def _write_info(directory: Path, info: dict[str, Any]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / BUILD_INFO).write_text(json.dumps(info, indent=1) + "\n")
+
+
+def _info_build_py(info: dict[str, Any]) -> type:
+    """build_py that also writes kasf/_build_info.json, so an installed kasf knows why it has (no) extension."""
+    from setuptools.command.build_py import build_py
+
+    class InfoBuildPy(build_py):
+        def run(self) -> None:
+            super().run()
+            _write_info(Path(self.build_lib) / "kasf", info)
+            _write_info(ROOT / "kasf", info)  # editable installs read the source tree
+
+    return InfoBuildPy
+
+
+def _build_ext(base: type, info: dict[str, Any]) -> type:
+    """torch's BuildExtension that, unless KASF_REQUIRE_EXT is set, turns a failed compile into the pure path."""
+
+    class KasfBuildExt(base):  # type: ignore[misc, valid-type]
+        def run(self) -> None:
+            try:
+                super().run()
+            except Exception as err:  # a failed compile must not make the whole package uninstallable
+                if _truthy("KASF_REQUIRE_EXT"):
+                    raise
+                info.update(built=False, cuda=False, reason=f"the extension failed to compile: {err}")
+                print(f"kasf: WARNING: {info['reason']}; kasf will use the pure-PyTorch path", file=sys.stderr)
+            target = Path(self.get_ext_fullpath("kasf._C")).parent
+            _write_info(target, info)
+            _write_info(ROOT / "kasf", info)
+
+    return KasfBuildExt
