@@ -27,6 +27,9 @@ from kasf.model.kasportsformer import KASportsFormer
 from kasf.model.presets import PRESETS, model_config
 
 FORMAT_NAME = "kasf-checkpoint"
+ASSETS = Path(__file__).resolve().parent / "assets"
+# Checkpoints shipped inside the package, reachable by name wherever a checkpoint path is asked for.
+BUNDLED = {"demo": ASSETS / "demo.pt"}
 FORMAT_VERSION = 1
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
 
@@ -75,9 +78,20 @@ def _strip_prefixes(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return out
 
 
+def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
+    """A bundled name ('demo') -> its file inside the package; any other value is a path, returned as is.
+
+    A real file of the same name in the working directory wins over the bundled one.
+    """
+    text = os.fspath(path)
+    if text in BUNDLED and not Path(text).exists():
+        return BUNDLED[text]
+    return Path(text)
+
+
 def read_checkpoint(path: str | os.PathLike, allow_pickle: bool = False) -> CheckpointInfo:
     """Read either layout without building a model (for inspection and for :func:`load_checkpoint`)."""
-    path = Path(path)
+    path = resolve_checkpoint_path(path)
     raw = _read_torch_file(path, allow_pickle)
     if not isinstance(raw, Mapping):
         raise CheckpointError(f"{path}: expected a dict, found {type(raw).__name__}")
@@ -194,8 +208,13 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def save_checkpoint(path: str | os.PathLike, model: KASportsFormer, preset: str | None = None,
-                    metadata: Mapping[str, Any] | None = None) -> Path:
-    """Write the kasf format (written to a temporary name, then renamed: never a half file)."""
+                    metadata: Mapping[str, Any] | None = None,
+                    training_state: Mapping[str, Any] | None = None) -> Path:
+    """Write the kasf format (written to a temporary name, then renamed: never a half file).
+
+    ``training_state`` (optimizer, scheduler, step counters) is stored under its own key so a killed training
+    resumes from the file; readers of the model ignore it.
+    """
     module = getattr(model, "module", model)  # DataParallel / DDP
     module = getattr(module, "_orig_mod", module)  # torch.compile
     state_dict = {k: v.detach().cpu() for k, v in module.state_dict().items()}
@@ -205,6 +224,8 @@ def save_checkpoint(path: str | os.PathLike, model: KASportsFormer, preset: str 
         "skeleton": skeleton.SKELETON_NAME, "normalization": NORMALIZATION_NAME, "n_frames": module.n_frames,
         "metadata": dict(metadata or {}),
     }
+    if training_state is not None:
+        payload["training_state"] = dict(training_state)
     path = Path(path)
     _atomic_torch_save(payload, path)
     return path

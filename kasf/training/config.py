@@ -1,0 +1,231 @@
+"""Training configs: YAML with the reference implementation's key names, presets, and command-line overrides.
+
+A reference KASportsFormer / MotionAGFormer YAML runs as is: its model keys build the network, its training keys
+(learning_rate, weight_decay, learning_rate_decay, warmup, warmup_epoches, training_epoch_patience,
+lambda_mpjpe_velocity, lambda_n_mpjpe, flip, batch_size, epochs, n_frames, ...) drive the recipe, and its
+bookkeeping keys (wandb names, logger paths, worker counts) are accepted. Any other key is an error naming the file
+and the key, so a typo never silently trains the wrong thing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from kasf.model.presets import MODEL_KEYS, PRESETS, model_config
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the file and the key."""
+
+
+@dataclass
+class TrainConfig:
+    """Every training setting, with the reference recipe (docs/model-spec.md) as the default."""
+
+    # model: a preset name, plus any model keys (reference names) that override it
+    preset: str | None = None
+    model_name: str = "KASportsFormer"
+    model: dict[str, Any] = field(default_factory=dict)
+    # data
+    data_flavour: str = "generic"  # sportspose | worldpose | generic | mocap
+    source_file: str | None = None  # sportspose / worldpose / generic source file
+    mocap_root: str | None = None  # folder of 3D clips (flavour mocap)
+    val_subjects: list[str] = field(default_factory=lambda: ["cmu16"])
+    cameras_per_clip: int = 4  # mocap: cameras drawn per training clip and epoch
+    val_cameras_per_clip: int = 4
+    val_seed: int = 1234  # mocap: fixed validation cameras
+    n_frames: int = 27
+    data_stride_train: int | None = None  # default n_frames // 3
+    data_stride_test: int | None = None  # default n_frames
+    short_clips: str = "resample"  # resample | drop | error
+    cache_dir: str | None = None
+    num_workers: int = 0
+    # recipe (reference names)
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.01
+    learning_rate_decay: float = 0.9  # ReduceLROnPlateau factor
+    lr_plateau_patience: int = 2
+    warmup: bool = True
+    warmup_epoches: int = 10
+    training_epoch_patience: int = 20  # early stop after this many epochs without a better validation MPJPE
+    lambda_mpjpe_velocity: float = 20.0
+    lambda_n_mpjpe: float = 0.5
+    flip: bool = True
+    batch_size: int = 32
+    epochs: int = 800
+    # kasf additions for short budgets
+    schedule: str = "plateau"  # plateau (reference) | cosine (per-step cosine decay after a linear warm-up)
+    min_learning_rate: float = 1e-6
+    warmup_steps: int = 0  # cosine: linear warm-up steps (0: warmup_epoches epochs)
+    time_budget_min: float = 0.0  # > 0: stop after this many minutes of training; cosine decays over that time
+    grad_clip: float = 0.0
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    threads: int = 0  # torch CPU threads (0: leave torch's default)
+    seed: int = 0
+    eval_flip: bool = True
+    eval_every: int = 1
+    # output and logs
+    output_dir: str = "runs/kasf"
+    resume: bool = True
+    use_tensorboard: bool = True
+    use_wandb: bool = False
+    wandb_project_name: str = "kasf"
+    wandb_name: str | None = None
+    progress: bool = True
+
+    def model_dict(self) -> dict[str, Any]:
+        """The full model config: preset, then reference model keys, then model_name."""
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ConfigError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        base: dict[str, Any] = dict(PRESETS[self.preset]) if self.preset else {"model_name": self.model_name}
+        base.update(self.model)
+        base["n_frames"] = self.n_frames
+        return model_config(base)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Keys of the reference configs that only concern its own scripts (paths, wandb, logging, workers); accepted so
+# reference YAMLs load, and ignored or mapped below.
+REFERENCE_BOOKKEEPING = frozenset({
+    "data_root", "data_root_2d", "subset_list", "dt_file", "num_cpus", "pin_memory", "persistent_workers",
+    "logger_dir_path", "logger_file_name", "checkpoint", "checkpoint_dir", "checkpoint_file_name",
+    "evaluate_checkpoint_file_dir", "evaluate_checkpoint_file", "eval_only", "wandb_run_id", "use_proj_as_2d",
+    "root_rel", "add_velocity", "lr_decay", "lambda_3d_velocity", "lambda_scale", "lambda_lv", "lambda_lg",
+    "lambda_a", "lambda_av", "lambda_limb_len_var", "lambda_limb_len", "lambda_limb_cos_simi",
+    "lambda_limb_cos_simi_velocity", "data_type", "test_augmentation", "sample_stride", "new_checkpoint",
+})
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_ALIASES = {"checkpoint_dir": "output_dir", "num_cpus": None, "lambda_3d_velocity": "lambda_mpjpe_velocity",
+            "lambda_scale": "lambda_n_mpjpe"}
+
+
+def _coerce(value: Any, name: str, where: str) -> Any:
+    target = _FIELDS[name].type
+    if value is None or name == "model":
+        return value
+    text = str(target)
+    try:
+        if text.startswith("bool"):
+            if isinstance(value, str):
+                if value.lower() in ("true", "1", "yes", "on"):
+                    return True
+                if value.lower() in ("false", "0", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if text.startswith("int"):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if text.startswith("float"):
+            return float(value)
+        if text.startswith("list"):
+            if isinstance(value, str):
+                return [v for v in value.split(",") if v]
+            return [str(v) for v in value]
+        if text.startswith("str"):
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: key '{name}' expects {text}, got {value!r}") from None
+    return value
+
+
+def config_from_mapping(raw: Mapping[str, Any], where: str = "config", base: TrainConfig | None = None,
+                        validate: bool = True) -> TrainConfig:
+    """Apply a mapping of reference/kasf keys onto ``base`` (or the defaults); unknown keys raise ConfigError."""
+    cfg = dataclasses.replace(base) if base else TrainConfig()
+    cfg.model = dict(cfg.model)
+    values = dict(raw)
+    # The reference splits the source path into data_root + dt_file.
+    if "dt_file" in values and "source_file" not in values:
+        root = values.get("data_root") or ""
+        values["source_file"] = str(Path(root) / str(values["dt_file"]))
+    for key, value in values.items():
+        key = str(key)
+        if key in MODEL_KEYS and key not in _FIELDS:
+            if value == "None":
+                value = None
+            cfg.model[key] = value
+        elif key in _FIELDS:
+            setattr(cfg, key, _coerce(value, key, where))
+        elif key in REFERENCE_BOOKKEEPING:
+            target = _ALIASES.get(key)
+            if target and target not in values:
+                setattr(cfg, target, _coerce(value, target, where))
+        else:
+            close = sorted(k for k in list(_FIELDS) + sorted(MODEL_KEYS) if k[:4] == key[:4])
+            hint = f"; did you mean {', '.join(close[:3])}?" if close else ""
+            raise ConfigError(f"{where}: unknown config key '{key}'{hint}")
+    if validate:
+        _validate(cfg, where)
+    return cfg
+
+
+def _validate(cfg: TrainConfig, where: str) -> None:
+    choices = {"data_flavour": ("sportspose", "worldpose", "generic", "mocap"), "schedule": ("plateau", "cosine"),
+               "precision": ("auto", "fp32", "bf16", "fp16"), "short_clips": ("resample", "drop", "error")}
+    for key, allowed in choices.items():
+        if getattr(cfg, key) not in allowed:
+            raise ConfigError(f"{where}: key '{key}' must be one of {', '.join(allowed)}, got {getattr(cfg, key)!r}")
+    for key in ("batch_size", "epochs", "n_frames"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{where}: key '{key}' must be >= 1, got {getattr(cfg, key)}")
+    if cfg.learning_rate <= 0:
+        raise ConfigError(f"{where}: key 'learning_rate' must be > 0, got {cfg.learning_rate}")
+    if cfg.data_flavour == "mocap" and not cfg.mocap_root:
+        raise ConfigError(f"{where}: data_flavour mocap needs key 'mocap_root' (a folder of 3D clips)")
+    if cfg.data_flavour != "mocap" and not cfg.source_file:
+        raise ConfigError(f"{where}: data_flavour {cfg.data_flavour} needs key 'source_file' (or data_root + dt_file)")
+    try:
+        cfg.model_dict()
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{where}: model: {err}") from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'key=value' with the value read as YAML (so numbers, booleans and lists work)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value")
+    key, _, value = text.partition("=")
+    return key.strip(), yaml.safe_load(value) if value.strip() else None
+
+
+def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """A TrainConfig from a YAML file plus 'key=value' overrides; relative data paths are taken from the YAML's
+    folder when they exist there, else from the working directory."""
+    raw: dict[str, Any] = {}
+    where = "command line"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        if not path.exists():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, Mapping):
+            raise ConfigError(f"{path}: a config must be a YAML mapping of keys to values")
+        raw.update(loaded)
+        for key in ("source_file", "mocap_root", "data_root"):
+            value = raw.get(key)
+            if isinstance(value, str) and not os.path.isabs(value) and not Path(value).exists() \
+                    and (path.parent / value).exists():
+                raw[key] = str(path.parent / value)
+    cfg = config_from_mapping(raw, where, validate=False)
+    if overrides:
+        cfg = config_from_mapping(dict(parse_override(o) for o in overrides), "command-line override", cfg,
+                                  validate=False)
+        where = f"{where} with command-line overrides" if path is not None else "command line"
+    _validate(cfg, where)
+    return cfg

@@ -1,0 +1,396 @@
+"""The training loop: data, model, recipe, mixed precision, checkpoints, resume, logs, DDP.
+
+One function, :func:`train`, runs a :class:`~kasf.training.config.TrainConfig` to the end (or to early stop) and
+returns the best validation report. After every epoch it writes ``latest.pt`` (model + optimizer + schedule +
+random states, so a killed run resumes losing at most that epoch) and, when validation improves, ``best.pt``;
+both in the project's checkpoint format with the config embedded. Started with ``torchrun --nproc_per_node N``
+it trains with DistributedDataParallel (rank 0 writes files and logs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from kasf import __version__
+from kasf.checkpoint import save_checkpoint
+from kasf.model import KASportsFormer, count_parameters
+from kasf.training.config import TrainConfig
+from kasf.training.datasets import WindowBatches, mocap_windows
+from kasf.training.evaluate import autocast_context, evaluate_model
+from kasf.training.losses import total_loss
+from kasf.training.mocap import load_clips, split_by_subject
+from kasf.training.sources import Windows, build_clip_store
+
+
+@dataclass
+class Dist:
+    """Where this process sits in a torchrun job (world_size 1 without torchrun)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed() -> Dist:
+    """Join the torchrun process group when WORLD_SIZE > 1 (NCCL on GPUs, Gloo on CPUs)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+    return Dist(rank=dist.get_rank(), local_rank=local, world_size=dist.get_world_size())
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> bf16 where the hardware runs it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), fp16 AMP on
+    older GPUs, else fp32. An explicit choice the hardware cannot do is an error."""
+    cpu_bf16 = bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    if device.type == "cuda":
+        if precision == "auto":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if precision == "bf16" and not torch.cuda.is_bf16_supported():
+            raise ValueError("precision bf16: this GPU has no bfloat16 support; use fp16 or fp32")
+        return precision
+    if precision == "auto":
+        return "bf16" if cpu_bf16 else "fp32"
+    if precision == "fp16":
+        raise ValueError("precision fp16 is for CUDA; on CPU use bf16 (AVX512-BF16/AMX) or fp32")
+    return precision
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+class TrainingData:
+    """Training batches per epoch and the fixed validation windows, for every flavour."""
+
+    def __init__(self, cfg: TrainConfig, env: Dist) -> None:
+        self.cfg = cfg
+        self.env = env
+        stride_train = cfg.data_stride_train or max(cfg.n_frames // 3, 1)
+        self.stride_train = stride_train
+        if cfg.data_flavour == "mocap":
+            clips = load_clips(cfg.mocap_root)
+            self.train_clips, val_clips = split_by_subject(clips, cfg.val_subjects)
+            if not self.train_clips:
+                raise ValueError(f"{cfg.mocap_root}: no training clips left after holding out {cfg.val_subjects}")
+            self.val = mocap_windows(val_clips, cfg.val_seed, cfg.n_frames, cfg.data_stride_test or cfg.n_frames,
+                                     cfg.val_cameras_per_clip, test=True) if val_clips else None
+            self.store: Windows | None = None
+            self.description = (f"mocap {cfg.mocap_root}: {len(self.train_clips)} training clips, validation "
+                                f"subjects {cfg.val_subjects} ({len(val_clips)} clips, {cfg.val_cameras_per_clip} "
+                                f"fixed cameras each, seed {cfg.val_seed})")
+        else:
+            if env.main:
+                stores = build_clip_store(cfg.source_file, cfg.data_flavour, cfg.n_frames, stride_train,
+                                          cfg.data_stride_test, cfg.cache_dir, cfg.short_clips)
+            if env.world_size > 1:
+                dist.barrier()
+            if not env.main:
+                stores = build_clip_store(cfg.source_file, cfg.data_flavour, cfg.n_frames, stride_train,
+                                          cfg.data_stride_test, cfg.cache_dir, cfg.short_clips)
+            self.store, self.val = stores["train"], stores["test"]
+            self.description = f"{cfg.data_flavour} {cfg.source_file}: {len(self.store)} training windows"
+
+    def epoch_windows(self, epoch: int) -> Windows:
+        if self.store is not None:
+            return self.store
+        return mocap_windows(self.train_clips, self.cfg.seed * 100003 + epoch, self.cfg.n_frames, self.stride_train,
+                             self.cfg.cameras_per_clip)
+
+    def loader(self, epoch: int) -> torch.utils.data.DataLoader:
+        windows = self.epoch_windows(epoch)
+        dataset = WindowBatches(windows, flip=self.cfg.flip, seed=self.cfg.seed * 7919 + epoch * 31 + self.env.rank)
+        generator = torch.Generator().manual_seed(self.cfg.seed * 1000003 + epoch)
+        if self.env.world_size > 1:
+            sampler: Any = torch.utils.data.DistributedSampler(range(len(windows)), num_replicas=self.env.world_size,
+                                                               rank=self.env.rank, shuffle=True,
+                                                               seed=self.cfg.seed, drop_last=True)
+            sampler.set_epoch(epoch)
+        else:
+            sampler = torch.utils.data.RandomSampler(range(len(windows)), generator=generator)
+        batches = torch.utils.data.BatchSampler(sampler, self.cfg.batch_size, drop_last=len(windows) >= self.cfg.batch_size)
+        return torch.utils.data.DataLoader(dataset, sampler=batches, batch_size=None,
+                                           num_workers=self.cfg.num_workers,
+                                           persistent_workers=False, pin_memory=torch.cuda.is_available())
+
+
+class LearningRate:
+    """The reference schedule (linear warm-up, then ReduceLROnPlateau on validation MPJPE) or a per-step cosine
+    decay for short budgets. Its state is a small dict stored in ``latest.pt``."""
+
+    def __init__(self, cfg: TrainConfig, steps_per_epoch: int) -> None:
+        self.cfg = cfg
+        self.steps_per_epoch = max(steps_per_epoch, 1)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.warmup_steps = cfg.warmup_steps or (cfg.warmup_epoches * self.steps_per_epoch if cfg.warmup else 0)
+        self.scale = 1.0  # plateau reductions
+        self.best = math.inf
+        self.bad_epochs = 0
+
+    def at(self, step: int, epoch: int, elapsed_s: float = 0.0) -> float:
+        """Learning rate of this step; with a time budget the cosine runs over training time, not steps, so a
+        busy or slow machine still ends the budget with a fully decayed rate."""
+        cfg = self.cfg
+        if cfg.schedule == "cosine":
+            if step < self.warmup_steps:
+                return cfg.learning_rate * (step + 1) / self.warmup_steps
+            progress = min((step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1), 1.0)
+            if cfg.time_budget_min > 0:
+                progress = min(elapsed_s / (cfg.time_budget_min * 60), 1.0)
+            return cfg.min_learning_rate + 0.5 * (cfg.learning_rate - cfg.min_learning_rate) * (
+                1 + math.cos(math.pi * progress))
+        if cfg.warmup and epoch < cfg.warmup_epoches:
+            start = cfg.learning_rate / 100
+            return start + (cfg.learning_rate - start) * epoch / max(cfg.warmup_epoches, 1)
+        return cfg.learning_rate * self.scale
+
+    def end_of_epoch(self, epoch: int, val_mpjpe: float | None) -> None:
+        """ReduceLROnPlateau (reference): after ``lr_plateau_patience`` epochs without improvement, lr *= decay."""
+        if self.cfg.schedule != "plateau" or val_mpjpe is None:
+            return
+        if self.cfg.warmup and epoch < self.cfg.warmup_epoches:
+            return
+        if val_mpjpe < self.best:
+            self.best, self.bad_epochs = val_mpjpe, 0
+        else:
+            self.bad_epochs += 1
+            if self.bad_epochs > self.cfg.lr_plateau_patience:
+                self.scale *= self.cfg.learning_rate_decay
+                self.bad_epochs = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scale": self.scale, "best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scale, self.best, self.bad_epochs = state["scale"], state["best"], state["bad_epochs"]
+
+
+class Logs:
+    """CSV always; TensorBoard when installed and enabled; wandb only when asked."""
+
+    def __init__(self, cfg: TrainConfig, out: Path, enabled: bool) -> None:
+        self.enabled = enabled
+        self.csv_path = out / "log.csv"
+        self.tb = self.wandb = None
+        if not enabled:
+            return
+        if cfg.use_tensorboard:
+            with contextlib.suppress(ImportError, ModuleNotFoundError):
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out / "tensorboard"))
+        if cfg.use_wandb:
+            import wandb  # an explicit request: fail loudly when missing
+
+            self.wandb = wandb.init(project=cfg.wandb_project_name, name=cfg.wandb_name, config=cfg.to_dict(),
+                                    resume="allow")
+
+    def write(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        new = not self.csv_path.exists()
+        with open(self.csv_path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        for key, value in row.items():
+            if isinstance(value, (int, float)) and key != "epoch":
+                if self.tb is not None:
+                    self.tb.add_scalar(key, value, row["epoch"])
+        if self.wandb is not None:
+            self.wandb.log(row)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _training_state(optimizer: torch.optim.Optimizer, schedule: LearningRate, scaler: Any, epoch: int, step: int,
+                    best: float, stale: int, elapsed: float) -> dict[str, Any]:
+    return {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch, "global_step": step,
+            "best_val_mpjpe": best, "epochs_without_improvement": stale, "elapsed_s": elapsed,
+            "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state()[1].tolist()}
+
+
+def train(cfg: TrainConfig, command: str | None = None) -> dict[str, Any]:
+    """Run the config; returns {'best_val_mpjpe', 'epochs_run', 'output_dir', 'best_report'}."""
+    env = setup_distributed()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed + env.rank)
+    device = torch.device(f"cuda:{env.local_rank}" if torch.cuda.is_available() else "cpu")
+    precision = resolve_precision(cfg.precision, device)
+    out = Path(cfg.output_dir)
+    if env.main:
+        out.mkdir(parents=True, exist_ok=True)
+    command = command or " ".join(sys.argv)
+
+    data = TrainingData(cfg, env)
+    model_cfg = cfg.model_dict()
+    model = KASportsFormer(**model_cfg).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    steps_per_epoch = len(data.loader(0))
+    schedule = LearningRate(cfg, steps_per_epoch)
+
+    start_epoch, step, best, stale, elapsed = 0, 0, math.inf, 0, 0.0
+    best_report: dict[str, Any] | None = None
+    latest = out / "latest.pt"
+    if cfg.resume and latest.exists():
+        raw = torch.load(latest, map_location="cpu", weights_only=False)
+        state = raw.get("training_state")
+        if state is None:
+            raise ValueError(f"{latest}: has no training state to resume from; set resume: false or another "
+                             "output_dir")
+        if raw["config"] != model_cfg:
+            raise ValueError(f"{latest}: was trained with another model config; use another output_dir")
+        model.load_state_dict(raw["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start_epoch, step = state["epoch"] + 1, state["global_step"]
+        best, stale, elapsed = state["best_val_mpjpe"], state["epochs_without_improvement"], state["elapsed_s"]
+        torch.set_rng_state(state["torch_rng"])
+        best_report = raw.get("metadata", {}).get("best_report")
+        if env.main:
+            print(f"resumed from {latest} at epoch {start_epoch} (step {step}, best {best:.1f} mm)", flush=True)
+
+    wrapped: torch.nn.Module = model
+    if env.world_size > 1:
+        wrapped = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[env.local_rank] if device.type == "cuda" else None)
+    logs = Logs(cfg, out, env.main)
+    if env.main and start_epoch == 0:
+        print(f"training {model_cfg.get('use_anatomy') and 'KASportsFormer' or 'MotionAGFormer'} "
+              f"({count_parameters(model):,} parameters) on {device} in {precision}; {data.description}; "
+              f"{steps_per_epoch} steps/epoch x {cfg.epochs} epochs", flush=True)
+
+    def metadata(epoch: int, report: dict[str, Any] | None) -> dict[str, Any]:
+        return {"epoch": epoch, "global_step": step, "best_val_mpjpe": best, "val_report": report,
+                "best_report": best_report, "train_config": cfg.to_dict(), "command": command,
+                "data": data.description, "precision": precision, "device": str(device),
+                "world_size": env.world_size, "training_time_s": round(elapsed, 1), "kasf_version": __version__,
+                "torch_version": str(torch.__version__)}
+
+    epoch = start_epoch
+    for epoch in range(start_epoch, cfg.epochs):
+        epoch_start = time.time()
+        wrapped.train()
+        sums: dict[str, float] = {}
+        count = 0
+        loader = data.loader(epoch)
+        progress: Iterator = iter(loader)
+        bar = None
+        if env.main and cfg.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True,
+                       mininterval=1.0 if sys.stderr.isatty() else 30.0)
+            progress = iter(bar)
+        out_of_time = False
+        for x, y in progress:
+            trained_s = elapsed + time.time() - epoch_start
+            if cfg.time_budget_min > 0 and trained_s >= cfg.time_budget_min * 60:
+                out_of_time = True
+                break
+            lr = schedule.at(step, epoch, trained_s)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with autocast_context(device, precision):
+                pred = wrapped(x)
+            loss, parts = total_loss(pred, y, cfg.lambda_n_mpjpe, cfg.lambda_mpjpe_velocity)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {float(loss)} at epoch {epoch + 1}, step {step}; lower "
+                                         "learning_rate or use precision fp32")
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            step += 1
+            count += 1
+            parts["loss_total"] = float(loss.detach())
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if bar is not None:
+                bar.set_postfix(loss=f"{sums['loss_total'] / count:.4f}", lr=f"{lr:.2e}", refresh=False)
+        if bar is not None:
+            bar.close()
+        elapsed += time.time() - epoch_start
+        report = None
+        last = epoch == cfg.epochs - 1 or out_of_time
+        if data.val is not None and ((epoch + 1) % cfg.eval_every == 0 or last):
+            report = evaluate_model(model, data.val, flip=cfg.eval_flip, batch_size=max(cfg.batch_size, 64),
+                                    device=device, precision=precision)
+        val = report["mpjpe"] if report else None
+        schedule.end_of_epoch(epoch, val)
+        improved = val is not None and val < best
+        if improved:
+            best, stale, best_report = val, 0, report
+        elif val is not None:
+            stale += 1
+        row = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
+               **{k: round(v / max(count, 1), 6) for k, v in sums.items()},
+               "val_mpjpe": round(val, 2) if val is not None else "",
+               "val_p_mpjpe": round(report["p_mpjpe"], 2) if report else "",
+               "best_val_mpjpe": round(best, 2) if best < math.inf else "",
+               "epoch_time_s": round(time.time() - epoch_start, 1), "elapsed_s": round(elapsed, 1)}
+        if env.main:
+            logs.write(row)
+            print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+            meta = metadata(epoch + 1, report)
+            if improved or (data.val is None and last):
+                save_checkpoint(out / "best.pt", model, cfg.preset, meta)
+            save_checkpoint(latest, model, cfg.preset, meta,
+                            training_state=_training_state(optimizer, schedule, scaler, epoch, step, best, stale,
+                                                           elapsed))
+        if out_of_time:
+            if env.main:
+                print(f"time budget of {cfg.time_budget_min} min reached after {step} steps", flush=True)
+            break
+        if stale >= cfg.training_epoch_patience:
+            if env.main:
+                print(f"early stop: {stale} epochs without a better validation MPJPE", flush=True)
+            break
+    logs.close()
+    if env.world_size > 1:
+        dist.barrier()
+    return {"best_val_mpjpe": best, "epochs_run": epoch + 1, "output_dir": str(out), "best_report": best_report}

@@ -1,0 +1,38 @@
+"""Training losses of the reference recipe (torch): MPJPE + lambda_n * N-MPJPE + lambda_v * velocity error.
+
+They work in whatever units the targets use (normalised screen units during training).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def loss_mpjpe(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean Euclidean joint error."""
+    return torch.linalg.vector_norm(pred - target, dim=-1).mean()
+
+
+def loss_n_mpjpe(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MPJPE after the optimal scale per frame (scale ambiguity of monocular lifting is not penalised twice)."""
+    num = (pred * target).sum(dim=(-2, -1), keepdim=True)
+    den = (pred * pred).sum(dim=(-2, -1), keepdim=True).clamp_min(1e-8)
+    return loss_mpjpe(pred * (num / den), target)
+
+
+def loss_velocity(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Error of frame-to-frame motion (B, T, J, 3): smooth, temporally consistent output."""
+    if pred.shape[1] <= 1:
+        return pred.new_zeros(())
+    return torch.linalg.vector_norm(torch.diff(pred, dim=1) - torch.diff(target, dim=1), dim=-1).mean()
+
+
+def total_loss(pred: torch.Tensor, target: torch.Tensor, lambda_n_mpjpe: float = 0.5,
+               lambda_mpjpe_velocity: float = 20.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """The reference's weighted sum, plus its parts (floats) for logging."""
+    pred = pred.float()
+    parts = {"loss_mpjpe": loss_mpjpe(pred, target), "loss_n_mpjpe": loss_n_mpjpe(pred, target),
+             "loss_velocity": loss_velocity(pred, target)}
+    total = parts["loss_mpjpe"] + lambda_n_mpjpe * parts["loss_n_mpjpe"] + \
+        lambda_mpjpe_velocity * parts["loss_velocity"]
+    return total, {k: float(v.detach()) for k, v in parts.items()}

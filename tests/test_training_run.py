@@ -1,0 +1,107 @@
+"""End to end on tiny generated data: kasf-prepare, kasf-train (loss goes down, resume), kasf-eval, 'demo'."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from kasf.checkpoint import BUNDLED, load_checkpoint, read_checkpoint, resolve_checkpoint_path
+from kasf.training.cli import eval_main, prepare_main, train_main
+from kasf.training.evaluate import REPORT_KEYS
+from tests.training_fakes import write_mocap_folder
+
+TINY = ["preset=kasportsformer-t", "n_layers=1", "dim_feat=16", "dim_rep=32", "num_heads=2", "n_frames=9",
+        "layer_scale_init_value=0.1", "batch_size=16", "learning_rate=0.003", "schedule=cosine", "warmup_steps=2",
+        "precision=fp32", "progress=false", "use_tensorboard=false", "threads=1"]
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    folder = write_mocap_folder(tmp_path_factory.mktemp("clips"), frames=80)
+    out = tmp_path_factory.mktemp("src") / "mocap.pkl"
+    assert prepare_main(["mocap", str(folder), "--out", str(out), "--val-subjects", "s3", "--train-cameras", "3",
+                         "--test-cameras", "1"]) == 0
+    return out
+
+
+def test_training_lowers_the_loss_and_eval_reports(source, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [f"source_file={source}", "data_flavour=generic", f"cache_dir={tmp_path / 'cache'}",
+            f"output_dir={out}", "epochs=5", "seed=1"]
+    assert train_main(TINY + args) == 0
+    rows = _rows(out / "log.csv")
+    assert len(rows) == 5
+    assert float(rows[-1]["loss_total"]) < 0.7 * float(rows[0]["loss_total"])
+    assert float(rows[-1]["val_mpjpe"]) < float(rows[0]["val_mpjpe"])
+    info = read_checkpoint(out / "best.pt")
+    assert info.layout == "kasf" and info.config["dim_feat"] == 16
+    assert info.metadata["command"].startswith("kasf-train ") and "epochs=5" in info.metadata["command"]
+    assert info.metadata["train_config"]["learning_rate"] == 0.003
+    report_path = tmp_path / "report.json"
+    capsys.readouterr()
+    assert eval_main(["--checkpoint", str(out / "best.pt"), "--source", str(source), "--report", str(report_path),
+                      "--cache-dir", str(tmp_path / "cache")]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(report_path.read_text())
+    assert set(REPORT_KEYS) <= set(report) and set(report["per_action"]) == {"walk", "jump"}
+    assert len(report["per_joint"]) == 17 and report["flip"] is True
+    assert abs(report["mpjpe"] - info.metadata["best_val_mpjpe"]) < 1e-3  # same protocol in training and eval
+    assert "MPJPE" in printed and "jump" in printed
+    assert eval_main(["--checkpoint", str(out / "best.pt"), "--source", str(source), "--no-flip",
+                      "--cache-dir", str(tmp_path / "cache")]) == 0
+
+
+def test_mocap_training_resumes_where_it_stopped(tmp_path, capsys):
+    folder = write_mocap_folder(tmp_path / "clips", frames=60)
+    out = tmp_path / "run"
+    args = TINY + ["data_flavour=mocap", f"mocap_root={folder}", "val_subjects=s3", "cameras_per_clip=1",
+                   "val_cameras_per_clip=1", f"output_dir={out}"]
+    assert train_main(args + ["epochs=2"]) == 0
+    first = read_checkpoint(out / "latest.pt")
+    assert first.metadata["epoch"] == 2
+    capsys.readouterr()
+    assert train_main(args + ["epochs=3"]) == 0  # as if the run had been killed after epoch 2
+    assert "resumed from" in capsys.readouterr().out
+    rows = _rows(out / "log.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert int(rows[2]["step"]) > int(rows[1]["step"])
+    raw = torch.load(out / "latest.pt", weights_only=False)
+    assert raw["training_state"]["epoch"] == 2 and raw["metadata"]["epoch"] == 3
+    model = load_checkpoint(out / "latest.pt")
+    assert model.n_frames == 9
+
+
+def test_bad_config_is_one_line_error(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("preset: kasportsformer-t\nsource_file: x.pkl\nbatchsize: 3\n")
+    assert train_main(["--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml: unknown config key 'batchsize'" in err and "Traceback" not in err
+    assert train_main(["--config", str(config), "batch_size=3"]) == 2
+    assert eval_main(["--checkpoint", str(tmp_path / "none.pt"), "--source", "x.pkl"]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_demo_name_resolves_to_the_bundled_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert resolve_checkpoint_path("demo") == BUNDLED["demo"]
+    (tmp_path / "demo").write_bytes(b"")  # a real file of that name wins
+    assert resolve_checkpoint_path("demo").resolve() == (tmp_path / "demo").resolve()
+    assert resolve_checkpoint_path("runs/x.pt").as_posix() == "runs/x.pt"
+    if not BUNDLED["demo"].exists():
+        pytest.skip("the demo checkpoint is not in this checkout")
+    (tmp_path / "demo").unlink()
+    info = read_checkpoint("demo")
+    assert info.layout == "kasf" and "kasf-train" in info.metadata["command"]
+    assert BUNDLED["demo"].stat().st_size <= 10 * 1024 * 1024
+    model = load_checkpoint("demo")
+    with torch.no_grad():
+        assert model(torch.zeros(1, model.n_frames, 17, 3)).shape == (1, model.n_frames, 17, 3)
