@@ -39,6 +39,9 @@ setup(
     entry_points={
         "console_scripts": [
             "kasf-info=kasf.info:main",
+            "kasf-prepare=kasf.training.cli:prepare_main",
+            "kasf-train=kasf.training.cli:train_main",
+            "kasf-eval=kasf.training.cli:eval_main",
         ],
     },
     classifiers=[
