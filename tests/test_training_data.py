@@ -241,3 +241,18 @@ def test_reference_style_config_builds_the_model(tmp_path):
     model = cfg.model_dict()
     assert model["use_anatomy"] is False and model["n_layers"] == 2 and model["qkv_scale"] is None
     assert cfg.learning_rate == 0.001 and cfg.source_file.endswith("data/sp_hr_conf_cam_source_1camera.pkl")
+
+
+def test_every_shipped_config_loads():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert len(configs) >= 8
+    families = set()
+    for path in configs:
+        cfg = load_config(path)
+        model = cfg.model_dict()
+        families.add((cfg.data_flavour, model["use_anatomy"]))
+        assert cfg.output_dir.startswith("runs/")
+    assert {("sportspose", True), ("sportspose", False), ("worldpose", True), ("worldpose", False),
+            ("mocap", True), ("mocap", False)} <= families

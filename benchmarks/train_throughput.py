@@ -1,0 +1,98 @@
+"""Training throughput (27-frame clips per second) of each preset on this machine: forward + backward + AdamW.
+
+Not a test. It times full optimizer steps on random windows (the data pipeline is not the bottleneck: a batch is
+one fancy index into memory-mapped arrays), in float32 and, where the hardware has it, bfloat16 autocast, and
+prints a markdown table (and JSON with --json PATH) with the machine and library versions.
+
+    python benchmarks/train_throughput.py --presets kasportsformer-t motionagformer-t --batch-size 64 --seconds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import torch
+
+from kasf.model import PRESETS, build, count_parameters
+from kasf.training.engine import resolve_precision
+from kasf.training.evaluate import autocast_context
+from kasf.training.losses import total_loss
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (platform.processor() is often empty on Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def measure(preset: str, batch_size: int, precision: str, seconds: float, device: torch.device) -> dict:
+    """Clips per second of full training steps, after two warm-up steps, for at least ``seconds``."""
+    model = build(preset, layer_scale_init_value=0.1).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randn(batch_size, model.n_frames, 17, 3, device=device)
+    y = torch.randn(batch_size, model.n_frames, 17, 3, device=device)
+
+    def step() -> None:
+        with autocast_context(device, precision):
+            pred = model(x)
+        loss, _ = total_loss(pred, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(2):
+        step()
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or steps < 3:
+        step()
+        steps += 1
+    elapsed = time.perf_counter() - start
+    return {"preset": preset, "parameters": count_parameters(model), "precision": precision,
+            "batch_size": batch_size, "steps": steps, "seconds_per_step": elapsed / steps,
+            "clips_per_second": steps * batch_size / elapsed}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--presets", nargs="*", default=[p for p in PRESETS if p.endswith(("-t", "-xs", "-s"))])
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=20.0, help="minimum timed seconds per measurement")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precisions = ["fp32"]
+    reduced = resolve_precision("auto", device)
+    if reduced != "fp32":
+        precisions.append(reduced)
+    rows = [measure(p, args.batch_size, prec, args.seconds, device) for p in args.presets for prec in precisions]
+    machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+               "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None, "torch": torch.__version__,
+               "load_average_1min": os.getloadavg()[0]}
+    print(f"machine: {machine}")
+    print("| preset | parameters | precision | batch | s / step | clips / s |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| `{r['preset']}` | {r['parameters']:,} | {r['precision']} | {r['batch_size']} | "
+              f"{r['seconds_per_step']:.3f} | {r['clips_per_second']:.1f} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine, "results": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
