@@ -286,8 +286,9 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict[str, Any]:
 
     wrapped: torch.nn.Module = model
     if env.world_size > 1:
+        # The reference network has parameters that some layers never use (e.g. the bone stream after layer 0).
         wrapped = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[env.local_rank] if device.type == "cuda" else None)
+            model, device_ids=[env.local_rank] if device.type == "cuda" else None, find_unused_parameters=True)
     logs = Logs(cfg, out, env.main)
     if env.main and start_epoch == 0:
         print(f"training {model_cfg.get('use_anatomy') and 'KASportsFormer' or 'MotionAGFormer'} "
@@ -361,6 +362,11 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict[str, Any]:
             report = evaluate_model(model, data.val, flip=cfg.eval_flip, batch_size=max(cfg.batch_size, 64),
                                     device=device, precision=precision)
         val = report["mpjpe"] if report else None
+        if env.world_size > 1 and val is not None:
+            # every rank takes rank 0's number, so plateau and early-stop decisions stay identical
+            shared = torch.tensor([val], dtype=torch.float64, device=device)
+            dist.broadcast(shared, 0)
+            val = float(shared.item())
         schedule.end_of_epoch(epoch, val)
         improved = val is not None and val < best
         if improved:
