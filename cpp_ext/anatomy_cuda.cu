@@ -1,37 +1,47 @@
-// CUDA kernels of kasf::anatomy_features, launched on the current stream. One thread computes one frame
-// (17 joints in, 17 rows out): the frame is tiny, so a thread per frame needs no atomics or shared memory.
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
+// CUDA implementation of kasf::anatomy_features for PyTorch: checks, output allocation, dispatch on dtype, and a
+// launch on the current stream through the torch-free launchers of anatomy_cuda_kernels.cu.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "anatomy_kernels.h"
+#include "anatomy_cuda_kernels.cuh"
 #include "anatomy_op.h"
 
 namespace kasf {
 namespace {
 
-constexpr int kThreads = 128;
+// c10::Half and c10::BFloat16 have the bit layout of CUDA's __half and __nv_bfloat16.
+template <typename T> struct Device { using type = T; };
+template <> struct Device<c10::Half> { using type = __half; };
+template <> struct Device<c10::BFloat16> { using type = __nv_bfloat16; };
 
-template <typename scalar_t, typename acc_t>
-__global__ void forward_kernel(const scalar_t* __restrict__ joints, int64_t channels, int64_t frames,
-                               scalar_t* __restrict__ out) {
-  const int64_t f = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (f < frames) anatomy_forward_frame<scalar_t, acc_t>(joints + f * kJoints * channels, channels,
-                                                           out + f * kJoints * kOutChannels);
+void check_launch(cudaError_t status, const char* what) {
+  TORCH_CHECK(status == cudaSuccess, what, ": CUDA kernel launch failed: ", cudaGetErrorString(status));
 }
 
-template <typename scalar_t, typename acc_t>
-__global__ void backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ joints,
-                                int64_t channels, int64_t frames, scalar_t* __restrict__ grad_joints) {
-  const int64_t f = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (f < frames) anatomy_backward_frame<scalar_t, acc_t>(grad + f * kJoints * kOutChannels,
-                                                            joints + f * kJoints * channels, channels,
-                                                            grad_joints + f * kJoints * channels);
+template <typename T>
+const typename Device<T>::type* dev(const at::Tensor& t) {
+  return reinterpret_cast<const typename Device<T>::type*>(t.const_data_ptr<T>());
 }
 
-unsigned int blocks_for(int64_t frames) { return static_cast<unsigned int>((frames + kThreads - 1) / kThreads); }
+template <typename T>
+typename Device<T>::type* dev_mut(at::Tensor& t) {
+  return reinterpret_cast<typename Device<T>::type*>(t.mutable_data_ptr<T>());
+}
+
+template <typename F>
+void dispatch(at::ScalarType type, const char* what, F&& body) {
+  switch (type) {
+    case at::kFloat: body(float{}); break;
+    case at::kDouble: body(double{}); break;
+    case at::kHalf: body(c10::Half{}); break;
+    case at::kBFloat16: body(c10::BFloat16{}); break;
+    default: TORCH_CHECK(false, what, ": unsupported dtype ", type);
+  }
+}
 
 at::Tensor anatomy_features_cuda(const at::Tensor& joints) {
   TORCH_CHECK(joints.is_cuda(), "kasf::anatomy_features (CUDA kernel): joints must be a CUDA tensor, got ",
@@ -39,15 +49,13 @@ at::Tensor anatomy_features_cuda(const at::Tensor& joints) {
   const int64_t frames = check_joints(joints, "kasf::anatomy_features");
   const c10::cuda::CUDAGuard guard(joints.device());
   at::Tensor out = at::empty(output_shape(joints), joints.options());
-  if (frames == 0) return out;
   const int64_t channels = joints.size(-1);
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, joints.scalar_type(), "anatomy_features_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    forward_kernel<scalar_t, acc_t><<<blocks_for(frames), kThreads, 0, stream>>>(
-        joints.data_ptr<scalar_t>(), channels, frames, out.data_ptr<scalar_t>());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  dispatch(joints.scalar_type(), "kasf::anatomy_features", [&](auto tag) {
+    using T = decltype(tag);
+    check_launch(launch_anatomy_forward(dev<T>(joints), channels, frames, dev_mut<T>(out), stream),
+                 "kasf::anatomy_features");
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
 
@@ -58,16 +66,14 @@ at::Tensor anatomy_features_backward_cuda(const at::Tensor& grad, const at::Tens
   check_grad(grad, joints, "kasf::anatomy_features_backward");
   const c10::cuda::CUDAGuard guard(joints.device());
   at::Tensor grad_joints = at::empty_like(joints);
-  if (frames == 0) return grad_joints;
   const int64_t channels = joints.size(-1);
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, joints.scalar_type(), "anatomy_features_backward_cuda",
-                                  [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    backward_kernel<scalar_t, acc_t><<<blocks_for(frames), kThreads, 0, stream>>>(
-        grad.data_ptr<scalar_t>(), joints.data_ptr<scalar_t>(), channels, frames, grad_joints.data_ptr<scalar_t>());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  dispatch(joints.scalar_type(), "kasf::anatomy_features_backward", [&](auto tag) {
+    using T = decltype(tag);
+    check_launch(launch_anatomy_backward(dev<T>(grad), dev<T>(joints), channels, frames, dev_mut<T>(grad_joints),
+                                         stream),
+                 "kasf::anatomy_features_backward");
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return grad_joints;
 }
 

@@ -53,12 +53,12 @@ def plan() -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
     cuda_home = cpp_extension.CUDA_HOME
     want_cuda = not _truthy("KASF_NO_CUDA_EXT")
     use_cuda = want_cuda and torch.version.cuda is not None and cuda_home is not None
-    cxx_flags = ["-O3", "-std=c++17"]
+    cxx_flags = ["-O3", "-std=c++20"]
     if use_cuda:
-        sources.append(str(SOURCES.relative_to(ROOT) / "anatomy_cuda.cu"))
+        sources += [str(SOURCES.relative_to(ROOT) / name) for name in ("anatomy_cuda.cu", "anatomy_cuda_kernels.cu")]
         ext = cpp_extension.CUDAExtension(
             "kasf._C", sources, include_dirs=[str(SOURCES)],
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]})
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++20", "-lineinfo"]})
         info["reason"] = f"C++ CPU and CUDA kernels (torch CUDA {torch.version.cuda}, toolkit at {cuda_home})"
     else:
         ext = cpp_extension.CppExtension("kasf._C", sources, include_dirs=[str(SOURCES)],
@@ -80,6 +80,16 @@ def _write_info(directory: Path, info: dict[str, Any]) -> None:
     (directory / BUILD_INFO).write_text(json.dumps(info, indent=1) + "\n")
 
 
+def _copy_sources(target: Path) -> None:
+    """Ship the kernel and TensorRT plugin sources inside a (non-editable) installed kasf: kasf.tensorrt_plugin
+    compiles the plugin on the GPU machine that runs TensorRT, from these files."""
+    for pattern in ("*.h", "*.cuh", "*.cu", "*.cpp", "tensorrt/*.cpp"):
+        for source in SOURCES.glob(pattern):
+            destination = target / source.relative_to(SOURCES)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, destination)
+
+
 def _info_build_py(info: dict[str, Any]) -> type:
     """build_py that also writes kasf/_build_info.json, so an installed kasf knows why it has (no) extension."""
     from setuptools.command.build_py import build_py
@@ -89,6 +99,7 @@ def _info_build_py(info: dict[str, Any]) -> type:
             super().run()
             _write_info(Path(self.build_lib) / "kasf", info)
             _write_info(ROOT / "kasf", info)  # editable installs read the source tree
+            _copy_sources(Path(self.build_lib) / "kasf" / "cpp_ext_src")
 
     return InfoBuildPy
 
