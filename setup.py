@@ -7,7 +7,7 @@ from setuptools import find_packages, setup
 
 ROOT = Path(__file__).parent
 sys.path.insert(0, str(ROOT / "cpp_ext"))
-from native_build import plan as plan_native_build  # noqa: E402  (cpp_ext/build.py: the native operator kasf._C)
+from native_build import plan as plan_native_build  # noqa: E402  (cpp_ext/native_build.py: the native op kasf._C)
 
 NATIVE_EXT_MODULES, NATIVE_CMDCLASS, _ = plan_native_build()
 version = {}
@@ -16,10 +16,10 @@ for line in (ROOT / "kasf" / "__init__.py").read_text().splitlines():
         exec(line, version)
 
 EXTRAS = {
-    "onnx": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.1"],
+    "onnx": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.1", "onnxruntime-extensions>=0.12"],
     "gpu": ["onnxruntime-gpu>=1.18", "tensorrt>=8.6", "pycuda>=2022.2"],
     "pose2d": ["rtmlib>=0.0.13", "opencv-python>=4.8"],
-    "dev": ["pytest>=7.4", "onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.1"],
+    "dev": ["pytest>=7.4", "onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.1", "onnxruntime-extensions>=0.12"],
 }
 
 setup(
