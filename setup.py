@@ -19,7 +19,9 @@ EXTRAS = {
     "onnx": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.1", "onnxruntime-extensions>=0.12"],
     "gpu": ["onnxruntime-gpu>=1.18", "tensorrt>=8.6", "pycuda>=2022.2"],
     "pose2d": ["rtmlib>=0.0.13", "opencv-python>=4.8"],
-    "dev": ["pytest>=7.4", "onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.1", "onnxruntime-extensions>=0.12"],
+    "triton": ["tritonclient[grpc]>=2.40"],
+    "dev": ["pytest>=7.4", "onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.1", "onnxruntime-extensions>=0.12",
+            "tritonclient[grpc]>=2.40"],
 }
 
 setup(
@@ -42,6 +44,7 @@ setup(
             "kasf-prepare=kasf.training.cli:prepare_main",
             "kasf-train=kasf.training.cli:train_main",
             "kasf-eval=kasf.training.cli:eval_main",
+            "kasf-export=kasf.export.cli:main",
         ],
     },
     classifiers=[

@@ -36,3 +36,9 @@ def denormalize_screen(points: np.ndarray, width: float, height: float) -> np.nd
         offset = offset[..., None, :]
     points[..., :2] += offset
     return points * (width[..., None, None] if width.ndim else width) / 2
+
+
+def to_model_input(keypoints_px: np.ndarray, scores: np.ndarray, width: float, height: float) -> np.ndarray:
+    """Pixel keypoints (..., 17, 2) and detector scores (..., 17) -> the lifter's input (..., 17, 3)."""
+    xy = normalize_screen(keypoints_px, width, height)
+    return np.concatenate([xy, np.asarray(scores, np.float32)[..., None]], axis=-1)

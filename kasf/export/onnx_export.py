@@ -1,0 +1,142 @@
+"""ONNX export of a KASportsFormer (fp32, dynamic or fixed batch) and ONNX Runtime INT8 quantisation."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+import torch
+
+from kasf.export.metadata import INPUT_NAME, OUTPUT_NAME
+from kasf.model.kasportsformer import KASportsFormer
+
+
+def _atomic_target(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def export_onnx(model: KASportsFormer, path: str | os.PathLike, metadata: Mapping[str, str], opset: int = 17,
+                batch: int | None = None, anatomy_op: str = "decomposed", simplify: bool = False,
+                half: bool = False) -> Path:
+    """Write model as ONNX: input (B, n_frames, 17, 3) named keypoints2d, B dynamic unless ``batch`` is given.
+
+    Uses the TorchScript-based exporter (constant folding on) inside the anatomy-op mode; the graph is checked
+    with onnx.checker and the metadata written into metadata_props. Written to a temporary name, then renamed.
+    ``half`` writes an FP16 graph with float32 input and output (what strongly typed TensorRT 11 builds FP16 from).
+    """
+    import onnx
+
+    from kasf.anatomy_onnx import anatomy_export
+
+    if opset < 17:
+        raise ValueError(f"opset {opset} is too old: kasf needs opset >= 17 (LayerNormalization)")
+    path = Path(path)
+    model = model.eval()
+    module = _HalfGraph(model) if half else model
+    example = torch.zeros(batch or 2, model.n_frames, model.num_joints, model.dim_in,
+                          device=next(model.parameters()).device)
+    dynamic_axes = None if batch else {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
+    tmp = _atomic_target(path)
+    try:
+        with anatomy_export(anatomy_op), torch.no_grad():
+            torch.onnx.export(module, (example,), str(tmp), dynamo=False, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes,
+                              do_constant_folding=True)
+        proto = onnx.load(str(tmp))
+        if simplify:
+            proto = _simplify(proto)
+        _set_metadata(proto, metadata)
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+class _HalfGraph(torch.nn.Module):
+    """An FP16 copy of the model behind float32 input/output casts."""
+
+    def __init__(self, model: KASportsFormer) -> None:
+        super().__init__()
+        import copy
+
+        self.model = copy.deepcopy(model).half()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.half()).float()
+
+
+def _set_metadata(proto, metadata: Mapping[str, str]) -> None:
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+
+
+def _simplify(proto):
+    try:
+        import onnxsim
+    except ImportError:
+        raise RuntimeError("--simplify needs onnx-simplifier: pip install onnxsim") from None
+    simplified, ok = onnxsim.simplify(proto)
+    if not ok:
+        raise RuntimeError("onnxsim could not validate the simplified model; export without --simplify")
+    return simplified
+
+
+def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+class _WindowReader:
+    """ONNX Runtime calibration reader over (N, T, J, 3) windows, one batch of windows at a time."""
+
+    def __init__(self, windows: np.ndarray, batch: int) -> None:
+        self._batches = iter([windows[i:i + batch] for i in range(0, len(windows), batch)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        chunk = next(self._batches, None)
+        return None if chunk is None else {INPUT_NAME: np.ascontiguousarray(chunk, dtype=np.float32)}
+
+
+def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, metadata: Mapping[str, str],
+                  calibration: Iterable[np.ndarray] | np.ndarray | None = None) -> Path:
+    """INT8 ONNX for CPUs: weights of MatMul/Gemm quantised to int8.
+
+    Without calibration windows, activations are quantised dynamically per batch (quantize_dynamic); with them,
+    static QDQ quantisation calibrated on those windows. Attention softmax, LayerNorm and the graph mixer's
+    similarity top-k stay in float, which keeps the MPJPE change small.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    int8_path = Path(int8_path)
+    tmp = _atomic_target(int8_path)
+    try:
+        if calibration is None:
+            quantize_dynamic(str(fp32_path), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+                             op_types_to_quantize=["MatMul", "Gemm"])
+        else:
+            windows = np.asarray(calibration, dtype=np.float32)
+            quantize_static(str(fp32_path), str(tmp), _WindowReader(windows, 8), quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                            op_types_to_quantize=["MatMul", "Gemm"])
+        proto = onnx.load(str(tmp))
+        _set_metadata(proto, metadata)
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, int8_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return int8_path

@@ -1,0 +1,257 @@
+"""One interface over every artefact kasf makes: ``Lifter.load(path).predict(windows)``.
+
+- a checkpoint (kasf or reference layout, or the name ``demo``): PyTorch, optionally torch.compile;
+- an ``.onnx``: ONNX Runtime with the TensorRT, CUDA or CPU execution provider;
+- an ``.engine``: TensorRT with pycuda buffers (metadata from the sidecar JSON).
+
+The device asked for is the device used: if ONNX Runtime or PyTorch would quietly run on the CPU instead of the
+GPU, loading fails unless ``allow_fallback=True``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from kasf.export.metadata import INPUT_NAME, parse_metadata, sidecar_path
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+DEVICES = ("auto", "cpu", "cuda")
+ORT_GPU_HINT = "pip install onnxruntime-gpu (and uninstall the CPU-only onnxruntime)"
+
+
+class LifterError(RuntimeError):
+    """The artefact cannot be run as asked (missing runtime, wrong device, wrong input)."""
+
+
+def backend_for(path: str | os.PathLike) -> str:
+    suffix = Path(str(path)).suffix.lower()
+    if suffix == ".onnx":
+        return "onnxruntime"
+    if suffix in (".engine", ".plan", ".trt"):
+        return "tensorrt"
+    return "torch"
+
+
+@dataclass
+class Lifter:
+    """A loaded lifter: ``predict`` maps (B, n_frames, 17, 3) float32 windows to (B, n_frames, 17, 3)."""
+
+    run: Callable[[np.ndarray], np.ndarray]
+    backend: str
+    device: str
+    precision: str
+    n_frames: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+    max_batch: int | None = None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "auto", backend: str | None = None,
+             preset: str | None = None, config: str | Mapping[str, Any] | None = None, precision: str | None = None,
+             compile: bool = False, allow_fallback: bool = False, ort_provider: str | None = None) -> "Lifter":
+        if device not in DEVICES:
+            raise LifterError(f"device must be one of {DEVICES}, got {device!r}")
+        backend = backend or backend_for(path)
+        if backend not in BACKENDS:
+            raise LifterError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+        if str(path) != "demo" and not Path(path).exists():
+            raise FileNotFoundError(f"model not found: {path}")
+        if backend == "torch":
+            return _load_torch(path, device, preset, config, precision or "fp32", compile, allow_fallback)
+        if preset or config:
+            raise LifterError(f"--preset/--config apply to checkpoints; {path} carries its own metadata")
+        if backend == "onnxruntime":
+            return _load_onnxruntime(Path(path), device, precision, allow_fallback, ort_provider)
+        return _load_tensorrt(Path(path), device, precision)
+
+    def predict(self, windows: np.ndarray) -> np.ndarray:
+        windows = np.asarray(windows)
+        expected = (self.n_frames, 17, 3)
+        if windows.ndim != 4 or windows.shape[1:] != expected:
+            raise ValueError(f"predict expects windows of shape (batch, {expected[0]}, 17, 3); got {windows.shape}")
+        if not np.isfinite(windows).all():
+            raise ValueError("predict got NaN or infinite keypoints; mark missing joints with confidence 0 and "
+                             "fill their positions before lifting")
+        windows = np.ascontiguousarray(windows, dtype=np.float32)
+        if self.max_batch and len(windows) > self.max_batch:
+            return np.concatenate([self.run(windows[i:i + self.max_batch])
+                                   for i in range(0, len(windows), self.max_batch)])
+        return self.run(windows)
+
+
+def _resolve_device(device: str, cuda_available: bool, what: str, allow_fallback: bool) -> str:
+    if device == "auto":
+        return "cuda" if cuda_available else "cpu"
+    if device == "cuda" and not cuda_available:
+        if allow_fallback:
+            return "cpu"
+        raise LifterError(f"device 'cuda' was asked for but {what} sees no CUDA GPU (pass allow_fallback=True / "
+                          "--allow-cpu-fallback to run on the CPU instead)")
+    return device
+
+
+def _load_torch(path: str | os.PathLike, device: str, preset: str | None, config: Any, precision: str,
+                compile: bool, allow_fallback: bool) -> Lifter:
+    import torch
+
+    from kasf.checkpoint import load_checkpoint, read_checkpoint
+
+    if preset and config:
+        raise LifterError("give preset or config, not both")
+    device = _resolve_device(device, torch.cuda.is_available(), "PyTorch", allow_fallback)
+    model = load_checkpoint(path, preset or config, device=device)
+    info = read_checkpoint(path)
+    autocast_dtype = _torch_precision(precision, device)
+    module = torch.compile(model) if compile else model
+
+    def run(windows: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(windows).to(device)
+        with torch.inference_mode(), torch.autocast(device, dtype=autocast_dtype or torch.float32,
+                                                    enabled=autocast_dtype is not None):
+            return module(x).float().cpu().numpy()
+
+    meta = {"config": model.config, "preset": info.preset or preset or "", **info.conventions,
+            "training": info.metadata}
+    return Lifter(run, "torch", device, precision, model.n_frames, meta)
+
+
+def _torch_precision(precision: str, device: str) -> Any:
+    import torch
+
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        if device == "cpu" and not torch.backends.mkldnn.is_available():
+            raise LifterError("bf16 on the CPU needs PyTorch built with oneDNN")
+        return torch.bfloat16
+    if precision == "fp16":
+        if device != "cuda":
+            raise LifterError("fp16 runs on CUDA; on the CPU use precision='bf16' or an int8 .onnx")
+        return torch.float16
+    raise LifterError(f"precision {precision!r} is not available for PyTorch checkpoints (fp32, bf16, fp16); "
+                      "for int8 export with kasf-export --int8 and load the .onnx")
+
+
+def _onnx_metadata(path: Path) -> dict[str, Any]:
+    from kasf.export.onnx_export import read_onnx_metadata
+
+    try:
+        return parse_metadata(read_onnx_metadata(path))
+    except ValueError as err:
+        raise LifterError(f"{path}: {err}") from None
+
+
+_ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+                  "tensorrt": "TensorrtExecutionProvider"}
+
+
+def _load_onnxruntime(path: Path, device: str, precision: str | None, allow_fallback: bool,
+                      ort_provider: str | None) -> Lifter:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise LifterError("onnxruntime is not installed: pip install 'kasf[onnx]' (CPU) or " + ORT_GPU_HINT) from None
+    meta = _onnx_metadata(path)
+    if precision and precision != meta["precision"]:
+        raise LifterError(f"{path.name} is a {meta['precision']} model; precision {precision!r} needs another "
+                          f"export (kasf-export ... {'--int8' if precision == 'int8' else ''})")
+    available = ort.get_available_providers()
+    gpu = "CUDAExecutionProvider" in available
+    device = _resolve_device(device, gpu, f"ONNX Runtime ({', '.join(available)}; {ORT_GPU_HINT})", allow_fallback)
+    wanted = _ORT_PROVIDERS[ort_provider or ("cuda" if device == "cuda" else "cpu")]
+    if wanted not in available:
+        raise LifterError(f"ONNX Runtime has no {wanted} here (available: {', '.join(available)}); {ORT_GPU_HINT}")
+    providers = [wanted] + (["CUDAExecutionProvider"] if wanted == "TensorrtExecutionProvider" else [])
+    from kasf.anatomy_onnx import ort_session  # registers the AnatomyFeatures op for --anatomy-op plugin models
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    fallback = [] if wanted == "CPUExecutionProvider" else ["CPUExecutionProvider"]
+    session = ort_session(path, providers=providers + fallback, sess_options=options)
+    got = session.get_providers()[0]
+    if got != wanted and not allow_fallback:
+        raise LifterError(f"ONNX Runtime asked for {wanted} but runs {path.name} on {got}")
+    output_name = session.get_outputs()[0].name
+
+    def run(windows: np.ndarray) -> np.ndarray:
+        return session.run([output_name], {INPUT_NAME: windows})[0].astype(np.float32, copy=False)
+
+    batch_dim = session.get_inputs()[0].shape[0]
+    fixed = batch_dim if isinstance(batch_dim, int) else None
+    lifter = Lifter(run, "onnxruntime", device, meta["precision"], meta["n_frames"], meta, max_batch=fixed)
+    if fixed:
+        lifter.run = _pad_to_batch(run, fixed)
+    return lifter
+
+
+def _pad_to_batch(run: Callable[[np.ndarray], np.ndarray], batch: int) -> Callable[[np.ndarray], np.ndarray]:
+    """A fixed-batch artefact still accepts fewer windows: pad with copies, drop their outputs."""
+
+    def padded(windows: np.ndarray) -> np.ndarray:
+        n = len(windows)
+        if n == batch:
+            return run(windows)
+        filler = np.repeat(windows[-1:], batch - n, axis=0)
+        return run(np.concatenate([windows, filler]))[:n]
+
+    return padded
+
+
+def _load_tensorrt(path: Path, device: str, precision: str | None) -> Lifter:
+    from kasf.export.tensorrt_build import import_tensorrt
+
+    if device == "cpu":
+        raise LifterError("a TensorRT engine runs on a CUDA GPU; device='cpu' cannot run it")
+    trt = import_tensorrt()
+    try:
+        import pycuda.autoinit  # noqa: F401
+        import pycuda.driver as cuda
+    except ImportError:
+        raise LifterError("pycuda is not installed: pip install pycuda (needs the CUDA toolkit)") from None
+    side = sidecar_path(path)
+    if not side.exists():
+        raise LifterError(f"{path}: its metadata sidecar {side.name} is missing (export with kasf-export)")
+    import json
+
+    meta = parse_metadata(json.loads(side.read_text()))
+    if precision and precision != meta["precision"]:
+        raise LifterError(f"{path.name} was built for {meta['precision']}, not {precision}")
+    built_with = meta.get("tensorrt_version", "")
+    logger = trt.Logger(trt.Logger.WARNING)
+    if meta.get("anatomy_op") == "plugin":
+        from kasf.tensorrt_plugin import register_plugin
+
+        register_plugin(trt, None)
+    engine = trt.Runtime(logger).deserialize_cuda_engine(path.read_bytes())
+    if engine is None:
+        raise LifterError(f"{path}: TensorRT {trt.__version__} on {cuda.Device(0).name()} cannot load this engine "
+                          f"(built with TensorRT {built_with or '?'} on {meta.get('gpu') or '?'}); rebuild it here "
+                          "with kasf-export --format engine")
+    context = engine.create_execution_context()
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    output_name = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+    max_batch = int(engine.get_tensor_profile_shape(INPUT_NAME, 0)[2][0])
+    stream = cuda.Stream()
+    buffers: dict[int, tuple[Any, Any, np.ndarray]] = {}
+
+    def run(windows: np.ndarray) -> np.ndarray:
+        n = len(windows)
+        if n not in buffers:
+            out_host = cuda.pagelocked_empty(windows.shape, np.float32)
+            buffers[n] = (cuda.mem_alloc(windows.nbytes), cuda.mem_alloc(out_host.nbytes), out_host)
+        d_in, d_out, h_out = buffers[n]
+        context.set_input_shape(INPUT_NAME, windows.shape)
+        context.set_tensor_address(INPUT_NAME, int(d_in))
+        context.set_tensor_address(output_name, int(d_out))
+        cuda.memcpy_htod_async(d_in, windows, stream)
+        if not context.execute_async_v3(stream.handle):
+            raise LifterError("TensorRT execution failed")
+        cuda.memcpy_dtoh_async(h_out, d_out, stream)
+        stream.synchronize()
+        return h_out.copy()
+
+    return Lifter(run, "tensorrt", "cuda", meta["precision"], meta["n_frames"], meta, max_batch=max_batch)
