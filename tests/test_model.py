@@ -32,6 +32,30 @@ def test_outputs_match_reference(small_model, official_small):
     assert err < 1e-5, f"max abs error {err}"
 
 
+def test_reference_inference_path_matches_too(official_small):
+    model = KASportsFormer(**official_small["config"]).eval().set_inference_path("reference")
+    model.load_state_dict(_strip(official_small["checkpoint"]["model"]))
+    with torch.no_grad():
+        assert (model(official_small["inputs"]) - official_small["outputs"]).abs().max().item() < 1e-5
+    with pytest.raises(ValueError, match="'fast' or 'reference'"):
+        model.set_inference_path("turbo")
+
+
+def test_grouped_limb_fuser_follows_weight_updates():
+    """The packed-weight cache of the fast path must see in-place weight changes (optimizer steps, loads)."""
+    model = build("kasportsformer-t").eval()
+    fuser = model.bone_refusion
+    x = torch.randn(2, 27, 17, 3)
+    with torch.no_grad():
+        before = fuser(x)
+        fuser.mlp_layers[5].mlp_len.fc2.bias.add_(1.0)
+        after = fuser(x)
+        fuser.grouped = False
+        reference = fuser(x)
+    assert torch.allclose(after[..., 5, 2], before[..., 5, 2] + 1.0, atol=1e-6)
+    assert torch.allclose(after, reference, atol=1e-6)
+
+
 def test_representation_matches_reference(small_model, official_small):
     with torch.no_grad():
         rep = small_model(official_small["inputs"], return_rep=True)

@@ -14,7 +14,7 @@ from torch import nn
 
 from kasf import skeleton
 from kasf.model.anatomy import BoneExtractor, LimbFuser
-from kasf.model.layers import FormerModule
+from kasf.model.layers import Attention, FormerModule
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
 
@@ -131,6 +131,18 @@ class KASportsFormer(nn.Module):
         self.rep_logit.add_module("fc", nn.Linear(dim_feat, dim_rep))
         self.rep_logit.add_module("act", nn.Tanh())
         self.head = nn.Linear(dim_rep, dim_out)
+
+    def set_inference_path(self, path: str) -> "KASportsFormer":
+        """'fast' (default): fused attention and grouped limb MLPs. 'reference': the reference code's eager
+        formulation, kept as the speed baseline. Same weights, same function (fixtures match both to 1e-5)."""
+        if path not in ("fast", "reference"):
+            raise ValueError(f"inference path must be 'fast' or 'reference', got {path!r}")
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.fused = path == "fast"
+            elif isinstance(module, LimbFuser):
+                module.grouped = path == "fast"
+        return self
 
     @property
     def blocks(self) -> nn.ModuleList:

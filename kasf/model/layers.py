@@ -44,7 +44,16 @@ class MLP(nn.Module):
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, dropout: nn.Dropout) -> torch.Tensor:
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, dropout: nn.Dropout,
+            fused: bool) -> torch.Tensor:
+    """softmax(q k^T * scale) v; fused uses PyTorch's scaled_dot_product_attention kernels (same function)."""
+    if fused:
+        # (B, H, N, L, d) -> 4D (B, H*N, L, d): the layout every SDPA kernel and ONNX exporter accepts.
+        heads, groups = q.shape[1], q.shape[2]
+        p = dropout.p if dropout.training else 0.0
+        out = nn.functional.scaled_dot_product_attention(q.flatten(1, 2), k.flatten(1, 2), v.flatten(1, 2),
+                                                         dropout_p=p, scale=scale)
+        return out.unflatten(1, (heads, groups))
     attn = (q @ k.transpose(-2, -1)) * scale
     return dropout(attn.softmax(dim=-1)) @ v
 
@@ -61,6 +70,7 @@ class Attention(nn.Module):
         self.mode, self.num_heads, self.head_dim = mode, num_heads, dim // num_heads
         self.n_frames, self.num_joints, self.dim = n_frames, num_joints, dim
         self.scale = qk_scale or self.head_dim ** -0.5
+        self.fused = True  # scaled_dot_product_attention; False = the reference's explicit matmul-softmax-matmul
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
@@ -80,7 +90,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self._split_heads(self.qkv(x), 3).unbind(0)
-        out = self._merge_heads(_attend(q, k, v, self.scale, self.attn_drop))
+        out = self._merge_heads(_attend(q, k, v, self.scale, self.attn_drop, self.fused))
         return self.proj_drop(self.proj(out))
 
 
@@ -98,7 +108,7 @@ class BoneCrossAttention(Attention):
     def forward(self, x: torch.Tensor, limb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         q = self._split_heads(self.qkv_q(x), 1)[0]
         k, v = self._split_heads(self.qkv_kv(limb), 2).unbind(0)
-        out = self._merge_heads(_attend(q, k, v, self.scale, self.attn_drop))
+        out = self._merge_heads(_attend(q, k, v, self.scale, self.attn_drop, self.fused))
         return self.proj_drop(self.proj(out))
 
 
