@@ -20,6 +20,8 @@ EXTRAS = {
     "gpu": ["onnxruntime-gpu>=1.18", "tensorrt>=8.6", "pycuda>=2022.2"],
     "pose2d": ["rtmlib>=0.0.13", "opencv-python>=4.8"],
     "triton": ["tritonclient[grpc]>=2.40"],
+    "stream": ["opencv-python>=4.8"],
+    "mediapipe": ["mediapipe==0.10.21", "opencv-python>=4.8"],
     "dev": ["pytest>=7.4", "onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.1", "onnxruntime-extensions>=0.12",
             "tritonclient[grpc]>=2.40"],
 }
@@ -45,6 +47,7 @@ setup(
             "kasf-train=kasf.training.cli:train_main",
             "kasf-eval=kasf.training.cli:eval_main",
             "kasf-export=kasf.export.cli:main",
+            "kasf-stream=kasf.runtime.cli:main",
         ],
     },
     classifiers=[
