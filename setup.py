@@ -47,6 +47,7 @@ setup(
             "kasf-train=kasf.training.cli:train_main",
             "kasf-eval=kasf.training.cli:eval_main",
             "kasf-export=kasf.export.cli:main",
+            "kasf-bench=kasf.bench:main",
             "kasf-stream=kasf.runtime.cli:main",
         ],
     },

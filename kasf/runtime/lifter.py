@@ -52,7 +52,10 @@ class Lifter:
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "auto", backend: str | None = None,
              preset: str | None = None, config: str | Mapping[str, Any] | None = None, precision: str | None = None,
-             compile: bool = False, allow_fallback: bool = False, ort_provider: str | None = None) -> "Lifter":
+             compile: bool = False, allow_fallback: bool = False, ort_provider: str | None = None,
+             threads: int | None = None, inference_path: str = "fast") -> "Lifter":
+        """Open any kasf artefact. ``threads`` sets ONNX Runtime's intra-op threads (PyTorch's are process-wide:
+        torch.set_num_threads); ``inference_path='reference'`` runs a checkpoint with the reference formulation."""
         if device not in DEVICES:
             raise LifterError(f"device must be one of {DEVICES}, got {device!r}")
         backend = backend or backend_for(path)
@@ -61,11 +64,12 @@ class Lifter:
         if str(path) != "demo" and not Path(path).exists():
             raise FileNotFoundError(f"model not found: {path}")
         if backend == "torch":
-            return _load_torch(path, device, preset, config, precision or "fp32", compile, allow_fallback)
+            return _load_torch(path, device, preset, config, precision or "fp32", compile, allow_fallback,
+                               inference_path)
         if preset or config:
             raise LifterError(f"--preset/--config apply to checkpoints; {path} carries its own metadata")
         if backend == "onnxruntime":
-            return _load_onnxruntime(Path(path), device, precision, allow_fallback, ort_provider)
+            return _load_onnxruntime(Path(path), device, precision, allow_fallback, ort_provider, threads)
         return _load_tensorrt(Path(path), device, precision)
 
     def predict(self, windows: np.ndarray) -> np.ndarray:
@@ -95,7 +99,7 @@ def _resolve_device(device: str, cuda_available: bool, what: str, allow_fallback
 
 
 def _load_torch(path: str | os.PathLike, device: str, preset: str | None, config: Any, precision: str,
-                compile: bool, allow_fallback: bool) -> Lifter:
+                compile: bool, allow_fallback: bool, inference_path: str = "fast") -> Lifter:
     import torch
 
     from kasf.checkpoint import load_checkpoint, read_checkpoint
@@ -103,7 +107,7 @@ def _load_torch(path: str | os.PathLike, device: str, preset: str | None, config
     if preset and config:
         raise LifterError("give preset or config, not both")
     device = _resolve_device(device, torch.cuda.is_available(), "PyTorch", allow_fallback)
-    model = load_checkpoint(path, preset or config, device=device)
+    model = load_checkpoint(path, preset or config, device=device).set_inference_path(inference_path)
     info = read_checkpoint(path)
     autocast_dtype = _torch_precision(precision, device)
     module = torch.compile(model) if compile else model
@@ -125,8 +129,13 @@ def _torch_precision(precision: str, device: str) -> Any:
     if precision == "fp32":
         return None
     if precision == "bf16":
-        if device == "cpu" and not torch.backends.mkldnn.is_available():
-            raise LifterError("bf16 on the CPU needs PyTorch built with oneDNN")
+        from kasf.hardware import cpu_has_native_bf16
+
+        if device == "cpu" and not cpu_has_native_bf16():
+            raise LifterError("bf16 on this CPU would be emulated (slower than fp32): it has neither AVX512-BF16 "
+                              "nor AMX; use precision='fp32' or an int8 .onnx")
+        if device == "cuda" and not torch.cuda.is_bf16_supported():
+            raise LifterError("this GPU has no bfloat16 support; use precision='fp16'")
         return torch.bfloat16
     if precision == "fp16":
         if device != "cuda":
@@ -150,7 +159,7 @@ _ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"
 
 
 def _load_onnxruntime(path: Path, device: str, precision: str | None, allow_fallback: bool,
-                      ort_provider: str | None) -> Lifter:
+                      ort_provider: str | None, threads: int | None = None) -> Lifter:
     try:
         import onnxruntime as ort
     except ImportError:
@@ -170,6 +179,8 @@ def _load_onnxruntime(path: Path, device: str, precision: str | None, allow_fall
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
     fallback = [] if wanted == "CPUExecutionProvider" else ["CPUExecutionProvider"]
     session = ort_session(path, providers=providers + fallback, sess_options=options)
     got = session.get_providers()[0]

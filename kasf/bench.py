@@ -1,0 +1,262 @@
+"""kasf-bench: lifter latency and throughput per backend x preset x batch, against the eager baseline, in one run.
+
+Every row is timed the same way: warm-up calls, then calls until a minimum time has passed, each call ending
+only when its output is on the host (GPU work synchronised). The baseline row - the reference code's eager
+PyTorch forward of the same weights - is measured in the same run, so every speed-up is a ratio side by side.
+Accuracy beside speed: MPJPE of each backend on the bundled held-out sample (meaningful for trained weights)
+and the mean joint distance to the fp32 PyTorch output in mm (meaningful for any weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+BASELINE = "eager-reference"
+BACKENDS = ("eager-reference", "eager", "compile", "bf16", "ort-fp32", "ort-int8", "trt-fp16", "trt-int8")
+
+
+@dataclass
+class Row:
+    backend: str
+    preset: str
+    batch: int
+    precision: str
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    p99_ms: float | None = None
+    windows_per_s: float | None = None
+    poses_per_s: float | None = None
+    speedup: float | None = None
+    mpjpe_mm: float | None = None
+    delta_vs_fp32_mm: float | None = None
+    calls: int = 0
+    skipped: str | None = None
+
+
+@dataclass
+class BenchReport:
+    machine: dict[str, Any]
+    settings: dict[str, Any]
+    rows: list[Row] = field(default_factory=list)
+
+
+def time_calls(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, warmup: int, min_time_s: float,
+               min_calls: int = 10) -> np.ndarray:
+    """Latencies (ms) of repeated calls; fn must return host data, so GPU work is complete when it returns."""
+    for _ in range(warmup):
+        fn(x)
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_calls or time.perf_counter() - start < min_time_s:
+        t0 = time.perf_counter()
+        fn(x)
+        times.append(time.perf_counter() - t0)
+    return np.asarray(times) * 1000
+
+
+def _runner(backend: str, checkpoint: Path, workdir: Path, device: str, threads: int
+            ) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
+    """A predict function for one backend, and its precision; raises RuntimeError(reason) to skip the row."""
+    from kasf.runtime.lifter import Lifter
+
+    if backend in ("eager-reference", "eager"):
+        path = "reference" if backend == "eager-reference" else "fast"
+        return Lifter.load(checkpoint, device=device, inference_path=path).predict, "fp32"
+    if backend == "compile":
+        lifter = Lifter.load(checkpoint, device=device, compile=True)
+        return lifter.predict, "fp32"
+    if backend == "bf16":
+        from kasf.runtime.lifter import LifterError
+
+        try:
+            return Lifter.load(checkpoint, device=device, precision="bf16").predict, "bf16"
+        except LifterError as err:
+            raise RuntimeError(str(err)) from None
+    if backend.startswith("ort-"):
+        onnx_path = _onnx_for(checkpoint, workdir, int8=backend == "ort-int8")
+        lifter = Lifter.load(onnx_path, device=device, threads=threads)
+        return lifter.predict, lifter.precision
+    if backend.startswith("trt-"):
+        try:
+            import tensorrt  # noqa: F401
+        except ImportError:
+            raise RuntimeError("TensorRT is not installed (needs an NVIDIA GPU: pip install 'kasf[gpu]')") from None
+        from kasf.export.cli import main as export_main
+
+        engine = workdir / f"{checkpoint.stem}.{backend}.engine"
+        flag = "--half" if backend == "trt-fp16" else "--int8"
+        if export_main([str(checkpoint), "--format", "engine", "-o", str(engine), flag, "--device", "cuda"]) not in (0, 3):
+            raise RuntimeError("engine build failed")
+        lifter = Lifter.load(engine, device="cuda")
+        return lifter.predict, lifter.precision
+    raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+
+
+def _onnx_for(checkpoint: Path, workdir: Path, int8: bool) -> Path:
+    from kasf.checkpoint import read_checkpoint
+    from kasf.export.metadata import build_metadata
+    from kasf.export.onnx_export import export_onnx, quantize_int8
+    from kasf.checkpoint import load_checkpoint
+
+    fp32 = workdir / f"{checkpoint.stem}.onnx"
+    model = load_checkpoint(checkpoint)
+    info = read_checkpoint(checkpoint)
+    if not fp32.exists():
+        export_onnx(model, fp32, build_metadata(model.config, info.preset, "fp32", "decomposed", (1, 8, 64), None))
+    if not int8:
+        return fp32
+    path = workdir / f"{checkpoint.stem}.int8.onnx"
+    if not path.exists():
+        quantize_int8(fp32, path, build_metadata(model.config, info.preset, "int8", "decomposed", (1, 8, 64), None))
+    return path
+
+
+def _checkpoint_for(preset: str, trained: dict[str, Path], workdir: Path) -> Path:
+    """The trained checkpoint of a preset when given, else the preset with seeded random weights."""
+    if preset in trained:
+        return trained[preset]
+    import kasf
+    from kasf.model import build
+
+    torch.manual_seed(0)
+    path = workdir / f"{preset}.pt"
+    if not path.exists():
+        kasf.save_checkpoint(path, build(preset), preset=preset)
+    return path
+
+
+def run(presets: Sequence[str], backends: Sequence[str], batches: Sequence[int], device: str = "cpu",
+        threads: int | None = None, warmup: int = 5, min_time_s: float = 3.0, trained: dict[str, Path] | None = None,
+        mode: str = "causal", progress: Callable[[str], None] = print) -> BenchReport:
+    from kasf.export.windows import load_real_windows
+    from kasf.hardware import machine_info
+    from kasf.training.evaluate import to_millimetres
+
+    if threads:
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    new_poses_per_window = 1 if mode == "causal" else 27
+    report = BenchReport(machine=machine_info(), settings=dict(
+        presets=list(presets), backends=list(backends), batches=list(batches), device=device, threads=threads,
+        warmup=warmup, min_time_s=min_time_s, mode=mode, input="bundled sample windows (held-out CMU subject)",
+        trained={k: str(v) for k, v in (trained or {}).items()}))
+    real = load_real_windows(27)
+    with tempfile.TemporaryDirectory(prefix="kasf-bench-") as tmp:
+        workdir = Path(tmp)
+        for preset in presets:
+            checkpoint = _checkpoint_for(preset, trained or {}, workdir)
+            fp32_mm = None
+            for backend in backends:
+                try:
+                    fn, precision = _runner(backend, checkpoint, workdir, device, threads)
+                except RuntimeError as err:
+                    report.rows += [Row(backend, preset, b, "-", skipped=str(err)) for b in batches]
+                    progress(f"{preset} {backend}: skipped ({err})")
+                    continue
+                mm = to_millimetres(fn(real.inputs), real.image_wh, real.factor)
+                if backend == BASELINE or fp32_mm is None:
+                    fp32_mm = mm if precision == "fp32" else fp32_mm
+                mpjpe = float(np.linalg.norm(mm - real.truth_mm, axis=-1).mean())
+                delta = float(np.linalg.norm(mm - fp32_mm, axis=-1).mean()) if fp32_mm is not None else None
+                for batch in batches:
+                    x = np.resize(real.inputs, (batch, *real.inputs.shape[1:])).astype(np.float32)
+                    lat = time_calls(fn, x, warmup, min_time_s)
+                    row = Row(backend, preset, batch, precision, *(float(np.percentile(lat, q)) for q in (50, 95, 99)),
+                              windows_per_s=batch * 1000 / float(np.mean(lat)), mpjpe_mm=mpjpe,
+                              delta_vs_fp32_mm=delta, calls=len(lat))
+                    row.poses_per_s = row.windows_per_s * new_poses_per_window
+                    report.rows.append(row)
+                    progress(f"{preset} {backend} b{batch}: p50 {row.p50_ms:.2f} ms, {row.windows_per_s:.1f} windows/s")
+    _speedups(report)
+    return report
+
+
+def _speedups(report: BenchReport) -> None:
+    base = {(r.preset, r.batch): r.windows_per_s for r in report.rows if r.backend == BASELINE and r.windows_per_s}
+    for row in report.rows:
+        if row.windows_per_s and (row.preset, row.batch) in base:
+            row.speedup = row.windows_per_s / base[(row.preset, row.batch)]
+
+
+def to_markdown(report: BenchReport) -> str:
+    m, s = report.machine, report.settings
+    lines = [f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {s['threads']} threads, "
+             f"capability {m['cpu_capability']}, native bf16 {m['cpu_bf16_native']}, GPU {m['gpu'] or 'none'}; "
+             f"torch {m['torch']}, onnxruntime {m['onnxruntime']}, TensorRT {m['tensorrt'] or 'not installed'}; "
+             f"device {s['device']}, mode {s['mode']}, warm-up {s['warmup']} calls, >= {s['min_time_s']} s per row.",
+             "",
+             "| preset | backend | precision | batch | p50 ms | p95 ms | p99 ms | windows/s | new poses/s | speed-up vs "
+             "eager-reference | MPJPE mm (sample) | Δ vs fp32 mm |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def f(v: float | None, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    for r in report.rows:
+        if r.skipped:
+            lines.append(f"| `{r.preset}` | {r.backend} | - | {r.batch} | skipped: {r.skipped} |||||||")
+            continue
+        lines.append(f"| `{r.preset}` | {r.backend} | {r.precision} | {r.batch} | {f(r.p50_ms, '.2f')} | "
+                     f"{f(r.p95_ms, '.2f')} | {f(r.p99_ms, '.2f')} | {f(r.windows_per_s, '.1f')} | "
+                     f"{f(r.poses_per_s, '.1f')} | {f(r.speedup, '.2f')}x | {f(r.mpjpe_mm, '.1f')} | "
+                     f"{f(r.delta_vs_fp32_mm, '.3f')} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kasf-bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", default="kasportsformer-t,kasportsformer",
+                        help="comma-separated presets (default: the demo size and the released size)")
+    parser.add_argument("--backends", default="eager-reference,eager,bf16,ort-fp32,ort-int8",
+                        help=f"comma-separated, from: {', '.join(BACKENDS)}")
+    parser.add_argument("--batches", default="1", help="comma-separated batch sizes")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--threads", type=int, help="PyTorch and ONNX Runtime intra-op threads")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--min-time", type=float, default=3.0, help="seconds of timed calls per row")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="PRESET=PATH",
+                        help="trained weights for a preset (default: kasportsformer-t=demo)")
+    parser.add_argument("--mode", default="causal", choices=("causal", "chunk"),
+                        help="streaming mode for new poses/s: causal = 1 new pose per window, chunk = 27")
+    parser.add_argument("--json", help="write the report as JSON here")
+    parser.add_argument("--markdown", help="write the markdown table here")
+    args = parser.parse_args(argv)
+    from kasf.checkpoint import resolve_checkpoint_path
+
+    trained = {"kasportsformer-t": resolve_checkpoint_path("demo")}
+    for item in args.checkpoint:
+        preset, _, path = item.partition("=")
+        if not path:
+            parser.error(f"--checkpoint takes PRESET=PATH, got {item!r}")
+        trained[preset] = resolve_checkpoint_path(path)
+    trained = {k: v for k, v in trained.items() if Path(v).exists()}
+    backends = [b for b in args.backends.split(",") if b]
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        parser.error(f"unknown backends {unknown}; choose from {', '.join(BACKENDS)}")
+    if BASELINE not in backends:
+        backends.insert(0, BASELINE)  # every table carries its baseline
+    report = run(args.presets.split(","), backends, [int(b) for b in args.batches.split(",")], args.device,
+                 args.threads, args.warmup, args.min_time, trained, args.mode)
+    text = to_markdown(report)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": report.machine, "settings": report.settings,
+                                               "rows": [asdict(r) for r in report.rows]}, indent=2))
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
