@@ -157,7 +157,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             sink.close()
         if source is not None:
             source.close()
-        print(f"kasf-stream: error: {err}", file=sys.stderr)
+        hint = ""
+        if args.model == "demo" and "demo" in str(err) and "not found" in str(err):
+            hint = (" (the bundled demo checkpoint is missing from this install: reinstall kasf, or pass --model "
+                    "with a checkpoint, .onnx or .engine of your own, e.g. from kasf-train)")
+        print(f"kasf-stream: error: {err}{hint}", file=sys.stderr)
         return EXIT_ERROR
     try:
         result = run(source, pipeline, detector, sinks, keep_poses=truth is not None, max_frames=args.max_frames)

@@ -243,16 +243,14 @@ class CameraSource(Source):
         self.image_wh = (image.shape[1], image.shape[0])
         reported = self.capture.get(5) if hasattr(self.capture, "get") else 0  # 5 = cv2.CAP_PROP_FPS
         self.fps = float(fps or (reported if reported and reported > 0 else 30.0))
-        self.captured = 0
         self.dropped = 0
-        self._latest: tuple[np.ndarray, float, float] | None = (image, time.perf_counter(), 0.0)
+        self._start_clock = time.perf_counter()  # frame times count from the first frame
+        self._latest: tuple[np.ndarray, float, float] | None = (image, self._start_clock, 0.0)
         self._error: str | None = None
         self._stop = threading.Event()
         self._ready = threading.Condition()
-        self._taken_since = True
-        self.captured = 1
+        self.captured = 1  # frames read from the device (taken + dropped + the one waiting)
         self._thread = threading.Thread(target=self._reader, name=f"kasf-camera-{index}", daemon=True)
-        self._start_clock = time.perf_counter()
         self._thread.start()
 
     def _reader(self) -> None:

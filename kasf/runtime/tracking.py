@@ -123,7 +123,7 @@ class Tracker:
     """
 
     def __init__(self, n_frames: int, image_wh: tuple[int, int], hold: int = 10, max_distance: float = 0.5,
-                 min_iou: float = 0.1) -> None:
+                 min_iou: float = 0.5) -> None:
         if not 0 <= hold < n_frames - 1:
             raise ValueError(f"hold must be in [0, {n_frames - 2}] frames (a held track must still have its last "
                              f"detection in its {n_frames}-frame ring); got {hold}")
@@ -174,7 +174,7 @@ class Tracker:
                 use = both if both.any() else valid
                 dist = float(np.linalg.norm(keypoints[p][use] - predicted[use], axis=-1).mean()) / scale
                 iou = box_iou(_box(keypoints[p][valid]), _box(predicted))
-                if dist <= self.max_distance or iou >= self.min_iou * 5:
+                if dist <= self.max_distance or iou >= self.min_iou:
                     pairs.append((dist - 0.25 * iou, track_id, p))
         pairs.sort()
         taken_tracks: set[int] = set()
