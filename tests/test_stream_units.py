@@ -283,3 +283,14 @@ def test_frame_indices_are_zero_based_times_from_fps():
     assert [f.index for f in frames] == [0, 1, 2]
     assert [f.time for f in frames] == pytest.approx([0, 1 / 30, 2 / 30])
     assert isinstance(frames[0], Frame)
+
+
+def test_stats_memory_is_fixed_and_percentiles_use_recent_samples():
+    from kasf.runtime.stream import Stats
+
+    stats = Stats(keep=100)
+    for i in range(1000):
+        stats.add("lift", float(i))
+    assert stats.values("lift").shape == (100,) and stats.values("lift").min() == 900
+    summary = stats.summary()["stages"]["lift"]
+    assert summary["n"] == 1000 and summary["p50_ms"] == pytest.approx(949.5)

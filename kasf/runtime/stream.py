@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol
 
@@ -57,11 +56,13 @@ class Pose:
 class Stats:
     """Per-stage latencies (ms) over the last ``keep`` samples, and the counts reported at exit.
 
-    Bounded deques, so a stream of any length uses the same memory.
+    Each stage writes into a preallocated array used as a ring, so a stream of any length uses the same memory.
     """
 
-    def __init__(self, keep: int = 100_000) -> None:
-        self.samples: dict[str, deque[float]] = {stage: deque(maxlen=keep) for stage in STAGES}
+    def __init__(self, keep: int = 20_000) -> None:
+        self.keep = keep
+        self.samples: dict[str, np.ndarray] = {stage: np.zeros(keep, np.float64) for stage in STAGES}
+        self.counts: dict[str, int] = {stage: 0 for stage in STAGES}
         self.frames_in = 0
         self.poses_out = 0
         self.dropped_frames = 0
@@ -69,14 +70,19 @@ class Stats:
         self.wall_s = 0.0
 
     def add(self, stage: str, ms: float) -> None:
-        self.samples[stage].append(ms)
+        self.samples[stage][self.counts[stage] % self.keep] = ms
+        self.counts[stage] += 1
+
+    def values(self, stage: str) -> np.ndarray:
+        """The samples held for ``stage`` (the most recent ``keep``; order not kept)."""
+        return self.samples[stage][:min(self.counts[stage], self.keep)]
 
     def summary(self) -> dict[str, Any]:
         stages = {}
-        for stage, values in self.samples.items():
-            if values:
-                arr = np.fromiter(values, dtype=np.float64)
-                stages[stage] = {"n": int(arr.size), "mean_ms": float(arr.mean()),
+        for stage in STAGES:
+            arr = self.values(stage)
+            if arr.size:
+                stages[stage] = {"n": self.counts[stage], "mean_ms": float(arr.mean()),
                                  **{f"p{q}_ms": float(np.percentile(arr, q)) for q in (50, 95, 99)}}
         return {"frames_in": self.frames_in, "poses_out": self.poses_out, "dropped_frames": self.dropped_frames,
                 "lift_calls": self.lift_calls, "wall_s": self.wall_s,
