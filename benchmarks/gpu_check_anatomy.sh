@@ -16,7 +16,7 @@ assert torch.cuda.is_available(), "no CUDA GPU visible to torch"
 assert torch.version.cuda, "torch is a CPU build; install a CUDA build of torch first"
 print("gpu:", torch.cuda.get_device_name(), "torch", torch.__version__, "cuda", torch.version.cuda)
 PY
-"$PYTHON" -m pip install -q "setuptools>=64" wheel
+"$PYTHON" -m pip install -q "setuptools>=64"
 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-$("$PYTHON" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')}" \
   KASF_REQUIRE_EXT=1 "$PYTHON" -m pip install -q --no-build-isolation -e ".[dev]" 2>&1 | tail -5
 "$PYTHON" -m kasf.info --env | tee "$OUT/env.txt"
