@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 BASELINE = "eager-reference"
-BACKENDS = ("eager-reference", "eager", "compile", "bf16", "ort-fp32", "ort-int8", "trt-fp16", "trt-int8")
+BACKENDS = ("eager-reference", "eager", "compile", "cudagraphs", "bf16", "fp16", "ort-fp32", "ort-int8", "trt-fp16",
+            "trt-int8")
 
 
 @dataclass
@@ -73,13 +74,16 @@ def _runner(backend: str, checkpoint: Path, workdir: Path, device: str, threads:
         path = "reference" if backend == "eager-reference" else "fast"
         return Lifter.load(checkpoint, device=device, inference_path=path).predict, "fp32"
     if backend == "compile":
-        lifter = Lifter.load(checkpoint, device=device, compile=True)
-        return lifter.predict, "fp32"
-    if backend == "bf16":
+        return Lifter.load(checkpoint, device=device, compile=True).predict, "fp32"
+    if backend == "cudagraphs":
+        if device != "cuda":
+            raise RuntimeError("CUDA graphs need --device cuda")
+        return Lifter.load(checkpoint, device=device, compile="reduce-overhead").predict, "fp32"
+    if backend in ("bf16", "fp16"):
         from kasf.runtime.lifter import LifterError
 
         try:
-            return Lifter.load(checkpoint, device=device, precision="bf16").predict, "bf16"
+            return Lifter.load(checkpoint, device=device, precision=backend).predict, backend
         except LifterError as err:
             raise RuntimeError(str(err)) from None
     if backend.startswith("ort-"):

@@ -52,10 +52,11 @@ class Lifter:
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "auto", backend: str | None = None,
              preset: str | None = None, config: str | Mapping[str, Any] | None = None, precision: str | None = None,
-             compile: bool = False, allow_fallback: bool = False, ort_provider: str | None = None,
+             compile: bool | str = False, allow_fallback: bool = False, ort_provider: str | None = None,
              threads: int | None = None, inference_path: str = "fast") -> "Lifter":
         """Open any kasf artefact. ``threads`` sets ONNX Runtime's intra-op threads (PyTorch's are process-wide:
-        torch.set_num_threads); ``inference_path='reference'`` runs a checkpoint with the reference formulation."""
+        torch.set_num_threads); ``inference_path='reference'`` runs a checkpoint with the reference formulation;
+        ``compile`` is True or a torch.compile mode (e.g. 'reduce-overhead': CUDA graphs)."""
         if device not in DEVICES:
             raise LifterError(f"device must be one of {DEVICES}, got {device!r}")
         backend = backend or backend_for(path)
@@ -99,7 +100,7 @@ def _resolve_device(device: str, cuda_available: bool, what: str, allow_fallback
 
 
 def _load_torch(path: str | os.PathLike, device: str, preset: str | None, config: Any, precision: str,
-                compile: bool, allow_fallback: bool, inference_path: str = "fast") -> Lifter:
+                compile: bool | str, allow_fallback: bool, inference_path: str = "fast") -> Lifter:
     import torch
 
     from kasf.checkpoint import load_checkpoint, read_checkpoint
@@ -110,7 +111,10 @@ def _load_torch(path: str | os.PathLike, device: str, preset: str | None, config
     model = load_checkpoint(path, preset or config, device=device).set_inference_path(inference_path)
     info = read_checkpoint(path)
     autocast_dtype = _torch_precision(precision, device)
-    module = torch.compile(model) if compile else model
+    if compile:
+        module = torch.compile(model, mode=compile if isinstance(compile, str) else None)
+    else:
+        module = model
 
     def run(windows: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(windows).to(device)
