@@ -128,3 +128,23 @@ def test_ddp_with_torchrun_on_cpu(tmp_path):
     rows = _rows(out / "log.csv")
     assert len(rows) == 2  # one writer
     assert read_checkpoint(out / "best.pt").metadata["world_size"] == 2
+
+
+def test_learning_rate_schedules():
+    from kasf.training.config import TrainConfig
+    from kasf.training.engine import LearningRate
+
+    cosine = LearningRate(TrainConfig(schedule="cosine", learning_rate=1e-3, min_learning_rate=1e-5, warmup_steps=10,
+                                      epochs=10, mocap_root="x"), steps_per_epoch=100)
+    assert cosine.at(0, 0) == pytest.approx(1e-4) and cosine.at(9, 0) == pytest.approx(1e-3)
+    assert cosine.at(505, 5) == pytest.approx(0.5 * (1e-3 + 1e-5), rel=1e-6)
+    assert cosine.at(999, 9) == pytest.approx(1e-5, rel=1e-3)
+    timed = LearningRate(TrainConfig(schedule="cosine", learning_rate=1e-3, min_learning_rate=0.0, warmup_steps=1,
+                                     time_budget_min=10, epochs=1000), steps_per_epoch=100)
+    assert timed.at(50, 0, elapsed_s=300) == pytest.approx(0.5e-3)  # half the budget, whatever the step
+    assert timed.at(50, 0, elapsed_s=600) == pytest.approx(0.0)
+    plateau = LearningRate(TrainConfig(learning_rate=1e-3, warmup_epoches=2), steps_per_epoch=10)
+    assert plateau.at(0, 0) == pytest.approx(1e-5) and plateau.at(30, 3) == pytest.approx(1e-3)
+    for epoch, val in enumerate([9, 9, 5, 6, 6, 6]):  # three epochs without improvement after the best (5)
+        plateau.end_of_epoch(epoch, val)
+    assert plateau.at(70, 7) == pytest.approx(0.9e-3)
