@@ -32,3 +32,24 @@ def reference_small_file(official_small, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ref") / "kasportsformer-small.pth"
     torch.save(official_small["checkpoint"], path)
     return path
+
+
+def perturbed_model(preset: str, layer_scale: float = 0.2, seed: int = 0, **overrides) -> torch.nn.Module:
+    """A preset in eval mode with non-trivial layer scales and BatchNorm statistics.
+
+    A freshly initialised model (layer scales 1e-5, identity BatchNorm) hides shape and export mistakes: its
+    blocks barely change the signal.
+    """
+    from kasf.model import build
+
+    torch.manual_seed(seed)
+    model = build(preset, **overrides).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.5, 1.5)
+            if hasattr(m, "layer_scale_1"):
+                m.layer_scale_1.fill_(layer_scale)
+                m.layer_scale_2.fill_(layer_scale)
+    return model

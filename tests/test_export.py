@@ -14,31 +14,16 @@ from kasf.export.cli import UsageError, main, parse_args
 from kasf.export.metadata import parse_metadata
 from kasf.export.onnx_export import read_onnx_metadata
 from kasf.export.parity import check_parity
-from kasf.model import build
 from kasf.runtime import Lifter, LifterError
+from tests.conftest import perturbed_model
 
 pytest.importorskip("onnxruntime", reason="needs onnxruntime (pip install kasf[onnx])")
-
-
-def _trained_like(preset: str, **overrides) -> torch.nn.Module:
-    """A preset with non-trivial layer scales and BatchNorm statistics (an untrained model hides mistakes)."""
-    torch.manual_seed(0)
-    model = build(preset, **overrides).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm1d):
-                m.running_mean.uniform_(-0.3, 0.3)
-                m.running_var.uniform_(0.5, 1.5)
-            if hasattr(m, "layer_scale_1"):
-                m.layer_scale_1.fill_(0.2)
-                m.layer_scale_2.fill_(0.2)
-    return model
 
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    return kasf.save_checkpoint(path, _trained_like("kasportsformer-t"), preset="kasportsformer-t")
+    return kasf.save_checkpoint(path, perturbed_model("kasportsformer-t"), preset="kasportsformer-t")
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +40,7 @@ def tiny_onnx(tiny_checkpoint, tmp_path_factory):
                                            ("motionagformer-t", None)])
 def test_each_preset_exports_with_parity(preset, layers, tmp_path):
     overrides = {"n_layers": layers} if layers else {}
-    ckpt = kasf.save_checkpoint(tmp_path / "m.pt", _trained_like(preset, **overrides), preset=None)
+    ckpt = kasf.save_checkpoint(tmp_path / "m.pt", perturbed_model(preset, **overrides), preset=None)
     assert main([str(ckpt), "-o", str(tmp_path / "m.onnx")]) == 0
     report = json.loads((tmp_path / "m.onnx.parity.json").read_text())
     assert report["passed"] and report["windows_real"] > 0
@@ -130,7 +115,7 @@ def test_parity_check_fails_a_wrong_artefact():
     from kasf.export.windows import load_real_windows
 
     real = load_real_windows(27)
-    model = _trained_like("kasportsformer-t")
+    model = perturbed_model("kasportsformer-t")
 
     def reference(x):
         with torch.no_grad():

@@ -7,23 +7,14 @@ import pytest
 import torch
 
 from kasf.model import build
+from tests.conftest import perturbed_model
 
 ort = pytest.importorskip("onnxruntime", reason="needs onnxruntime (pip install kasf[onnx])")
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    torch.manual_seed(0)
-    model = build("kasportsformer-t").eval()
-    with torch.no_grad():  # non-trivial BatchNorm statistics so a frozen-shape bug would show
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm1d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-            if hasattr(m, "layer_scale_1"):
-                m.layer_scale_1.fill_(0.3)
-                m.layer_scale_2.fill_(0.3)
-    return model
+    return perturbed_model("kasportsformer-t", layer_scale=0.3)
 
 
 def _run_onnx(path, x: torch.Tensor) -> np.ndarray:

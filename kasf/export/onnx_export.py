@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -14,11 +15,18 @@ from kasf.export.metadata import INPUT_NAME, OUTPUT_NAME
 from kasf.model.kasportsformer import KASportsFormer
 
 
-def _atomic_target(path: Path) -> Path:
+@contextlib.contextmanager
+def _atomic_output(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path``, renamed onto it when the block succeeds and removed when it fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
-    return Path(tmp)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def export_onnx(model: KASportsFormer, path: str | os.PathLike, metadata: Mapping[str, str], opset: int = 17,
@@ -42,8 +50,7 @@ def export_onnx(model: KASportsFormer, path: str | os.PathLike, metadata: Mappin
     example = torch.zeros(batch or 2, model.n_frames, model.num_joints, model.dim_in,
                           device=next(model.parameters()).device)
     dynamic_axes = None if batch else {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
-    tmp = _atomic_target(path)
-    try:
+    with _atomic_output(path) as tmp:
         with anatomy_export(anatomy_op), torch.no_grad():
             torch.onnx.export(module, (example,), str(tmp), dynamo=False, opset_version=opset,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes,
@@ -54,10 +61,6 @@ def export_onnx(model: KASportsFormer, path: str | os.PathLike, metadata: Mappin
         _set_metadata(proto, metadata)
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -122,8 +125,7 @@ def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, me
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     int8_path = Path(int8_path)
-    tmp = _atomic_target(int8_path)
-    try:
+    with _atomic_output(int8_path) as tmp:
         if calibration is None:
             quantize_dynamic(str(fp32_path), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
                              op_types_to_quantize=["MatMul", "Gemm"])
@@ -135,8 +137,4 @@ def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, me
         proto = onnx.load(str(tmp))
         _set_metadata(proto, metadata)
         onnx.save(proto, str(tmp))
-        os.replace(tmp, int8_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return int8_path
