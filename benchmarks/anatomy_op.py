@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
+import time
 from typing import Any, Callable
 
 import torch
@@ -34,6 +36,17 @@ def _best_ms(fn: Callable[[], Any], min_run_time: float) -> float:
     """
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return min(timer.blocked_autorange(min_run_time=min_run_time).times) * 1e3
+
+
+def _best_of_ms(fn: Callable[[], Any], repeats: int) -> float:
+    """Fastest of `repeats` timed calls after one warm-up, in ms: for steps too slow for blocked_autorange."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best * 1e3
 
 
 def _sync(device: str) -> Callable[[], None]:
@@ -67,7 +80,8 @@ def time_op(shape: tuple[int, ...], device: str, backward: bool, min_run_time: f
             "speedup": round(pure_ms / native_ms, 2)}
 
 
-def time_presets(presets: list[str], batch: int, device: str, min_run_time: float) -> list[dict[str, Any]]:
+def time_presets(presets: list[str], batch: int, device: str, min_run_time: float, repeats: int = 5
+                 ) -> list[dict[str, Any]]:
     """Whole forward (eval, no grad) of each preset on a (batch, 27, 17, 3) window, and the op's share of it."""
     from kasf.model import build
 
@@ -82,11 +96,11 @@ def time_presets(presets: list[str], batch: int, device: str, min_run_time: floa
                 model(x)
             sync()
 
-        native_ms = _best_ms(forward, min_run_time)
+        native_ms = _best_of_ms(forward, repeats)
         original = ops.use_native
         ops.use_native = lambda joints: False  # type: ignore[assignment]
         try:
-            pure_ms = _best_ms(forward, min_run_time)
+            pure_ms = _best_of_ms(forward, repeats)
         finally:
             ops.use_native = original  # type: ignore[assignment]
         op = time_op(tuple(x.shape), device, backward=False, min_run_time=min_run_time)
@@ -111,8 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=1, help="windows per forward in the preset timing")
     parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds per measurement")
     parser.add_argument("--devices", nargs="*", default=None, help="cpu and/or cuda (default: what is available)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's; 1 is steadier on a shared machine)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed forward passes per preset (best is kept)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if not ops.native_available():
         print(f"the native op is not available: {ops.status()['reason']}", file=sys.stderr)
         return 2
@@ -122,11 +141,13 @@ def main(argv: list[str] | None = None) -> int:
         devices = [d for d in devices if d != "cuda"]
     shapes = [(1, 27, 17, 3), (64, 27, 17, 3), (64, 243, 17, 3)]
     op_rows = [time_op(s, d, b, args.min_run_time) for d in devices for b in (False, True) for s in shapes]
-    preset_rows = [r for d in devices for r in time_presets(args.presets, args.batch, d, args.min_run_time)]
+    preset_rows = [r for d in devices
+                   for r in time_presets(args.presets, args.batch, d, args.min_run_time, args.repeats)]
     machine = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or
-               platform.machine(), "gpu": torch.cuda.get_device_name() if "cuda" in devices else None}
+               platform.machine(), "gpu": torch.cuda.get_device_name() if "cuda" in devices else None,
+               "load_average_1min": round(os.getloadavg()[0], 2), "cores": os.cpu_count()}
     print(f"machine: {machine}\n\noperator alone (best block, ms):\n{_table(op_rows)}\n\n"
-          f"whole forward, batch {args.batch} (best block, ms) and the op's share:\n{_table(preset_rows)}")
+          f"whole forward, batch {args.batch} (best of {args.repeats}, ms) and the op's share:\n{_table(preset_rows)}")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"machine": machine, "op": op_rows, "presets": preset_rows}, handle, indent=1)

@@ -30,6 +30,17 @@ def rss_mb() -> float:
     raise RuntimeError("VmRSS not found in /proc/self/status")
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def people_stream(frames: int, people: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, tuple[int, int], float]:
     """(F, P, 17, 2) keypoints and (F, P, 17) scores: the sample looped, each person shifted sideways; from the
     second person on, each leaves for 40 frames every 400 (tracks dropped and new ones made)."""
@@ -80,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     lifter = Lifter.load(args.model, device="cpu")
     lifter.predict(np.zeros((4, lifter.n_frames, 17, 3), np.float32))  # warm-up
     results: dict[str, Any] = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "load_avg_1m_at_start": os.getloadavg()[0]},
         "versions": {"torch": torch.__version__, "numpy": np.__version__},
         "model": args.model, "preset": lifter.metadata.get("preset"), "runs": []}

@@ -91,7 +91,7 @@ class Stats:
 
 class OneEuro:
     """One-Euro filter over a (17, 3) pose: low-pass whose cut-off rises with speed (little lag when moving,
-    little jitter when still). Cost: a handful of vector operations per pose (measured in docs/streaming.md)."""
+    little jitter when still). Cost: about 0.008 ms per pose on this CPU (docs/streaming.md)."""
 
     def __init__(self, min_cutoff: float = 1.0, beta: float = 0.0, d_cutoff: float = 1.0) -> None:
         self.min_cutoff, self.beta, self.d_cutoff = min_cutoff, beta, d_cutoff
