@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"{r['stages']['lift']['p50_ms']:.2f} ms p95 {r['stages']['lift']['p95_ms']:.2f} ms", flush=True)
     if args.seconds > 0:
         from kasf.runtime.sources import KeypointSource
-        from kasf.runtime.stream import Pipeline, run
+        from kasf.runtime.stream import Pipeline
 
         k, s, wh, fps = people_stream(2000, 4)
         pipeline = Pipeline(lifter, wh)
