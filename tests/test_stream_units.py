@@ -294,3 +294,10 @@ def test_stats_memory_is_fixed_and_percentiles_use_recent_samples():
     assert stats.values("lift").shape == (100,) and stats.values("lift").min() == 900
     summary = stats.summary()["stages"]["lift"]
     assert summary["n"] == 1000 and summary["p50_ms"] == pytest.approx(949.5)
+
+
+def test_pipeline_refuses_a_model_with_other_conventions():
+    for meta, message in (({"normalization": "pixels"}, "normalisation"), ({"skeleton": "coco-17"}, "skeleton")):
+        lifter = Lifter(lambda x: x, "numpy", "cpu", "fp32", 27, meta)
+        with pytest.raises(ValueError, match=message):
+            Pipeline(lifter, (W, H))

@@ -149,6 +149,9 @@ class Pipeline:
         if normalization not in (None, NORMALIZATION_NAME):
             raise ValueError(f"the model was trained with normalisation {normalization!r}; this runtime implements "
                              f"{NORMALIZATION_NAME!r} only")
+        if lifter.metadata.get("skeleton") not in (None, skeleton.SKELETON_NAME):
+            raise ValueError(f"the model's skeleton is {lifter.metadata['skeleton']!r}; the stream feeds "
+                             f"{skeleton.SKELETON_NAME!r} keypoints")
         self.lifter = lifter
         self.image_wh = image_wh
         self.mode = mode
