@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--det-backend", default="onnxruntime", help="rtmlib backend: onnxruntime, opencv, openvino")
     p.add_argument("--det-device", default="cpu", help="rtmlib device: cpu, cuda, mps")
     p.add_argument("--det-frequency", type=int, default=1, help="run the person detector every N frames")
+    p.add_argument("--kpt-threshold", type=float, default=0.3,
+                   help="rtmlib keypoints scoring below this count as missing (RTMPose scores are not probabilities)")
     p.add_argument("--model", default="demo", help="checkpoint, .onnx or .engine (default: bundled demo)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--precision", default=None, help="fp32, bf16, fp16, int8 (as the artefact allows)")
@@ -94,7 +96,8 @@ def _detector(args: argparse.Namespace) -> Any:
 
     if args.detector == "rtmlib":
         return build_detector("rtmlib", det=args.det, pose=args.pose, mode=args.det_mode, backend=args.det_backend,
-                              device=args.det_device, det_frequency=args.det_frequency)
+                              device=args.det_device, det_frequency=args.det_frequency,
+                              min_keypoint_score=args.kpt_threshold)
     return build_detector("mediapipe")
 
 
