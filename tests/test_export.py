@@ -69,6 +69,27 @@ def test_lifter_gives_same_numbers_from_checkpoint_and_onnx(tiny_checkpoint, tin
     assert from_onnx.metadata["preset"] == "kasportsformer-t"
 
 
+def test_fp16_onnx_for_strongly_typed_tensorrt(tiny_checkpoint, tmp_path):
+    """TensorRT 11 builds FP16 only from an FP16 graph: float32 I/O, float16 weights, same function."""
+    import onnx
+    import onnxruntime as ort
+
+    from kasf.export.metadata import build_metadata
+    from kasf.export.onnx_export import export_onnx
+
+    model = kasf.load_checkpoint(tiny_checkpoint)
+    path = export_onnx(model, tmp_path / "h.onnx", build_metadata(model.config, None, "fp16", "decomposed",
+                                                                    (1, 8, 64), None), half=True)
+    graph = onnx.load(str(path)).graph
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer)
+    x = np.random.default_rng(0).normal(0, 0.3, size=(2, 27, 17, 3)).astype(np.float32)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"keypoints2d": x})[0]
+    with torch.no_grad():
+        assert np.abs(got - model(torch.from_numpy(x)).numpy()).max() < 5e-2
+
+
 def test_reference_layout_exports_with_config(reference_small_file, official_small, tmp_path):
     import yaml
 
