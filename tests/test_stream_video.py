@@ -104,7 +104,7 @@ def write_video(path, dark: int, bright: int):
     return path
 
 
-def test_video_through_rtmlib_stand_ins(tmp_path, tiny_checkpoint):
+def test_video_through_rtmlib_stand_ins(tmp_path, tiny_checkpoint, capsys):
     pytest.importorskip("rtmlib", reason="the rtmlib detector needs rtmlib: pip install 'kasf[pose2d]'")
     det = stand_in_detector(tmp_path / "det.onnx")
     pose = stand_in_pose(tmp_path / "pose.onnx")
@@ -114,6 +114,7 @@ def test_video_through_rtmlib_stand_ins(tmp_path, tiny_checkpoint):
                "--det-mode", "lightweight", "--det-frequency", "2", "--model", str(tiny_checkpoint),
                "--out", str(out), "--save", str(saved)])
     assert rc == 0
+    assert capsys.readouterr().out == ""                      # stdout stays free for --out -
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["frame"] for r in rows] == [3, 4, 5, 6, 7, 8]   # dark frames: no detection, so no pose
     ratio = DET_SIZE / W

@@ -10,7 +10,9 @@ person's box is the box of their last keypoints, grown by 25 % (the pose model t
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -67,8 +69,11 @@ class RtmlibDetector:
         det_input_size = tuple(det_input_size or preset["det_input_size"])
         pose_input_size = tuple(pose_input_size or preset["pose_input_size"])
         try:
-            self.det_model = rtmlib.YOLOX(det, model_input_size=det_input_size, backend=backend, device=device)
-            self.pose_model = rtmlib.RTMPose(pose, model_input_size=pose_input_size, backend=backend, device=device)
+            # rtmlib prints what it loads to stdout, which may be carrying our JSON lines (--out -)
+            with contextlib.redirect_stdout(sys.stderr):
+                self.det_model = rtmlib.YOLOX(det, model_input_size=det_input_size, backend=backend, device=device)
+                self.pose_model = rtmlib.RTMPose(pose, model_input_size=pose_input_size, backend=backend,
+                                                 device=device)
         except Exception as err:
             which = [p for p in (det, pose) if not os.path.exists(p)]
             raise DetectorError(
