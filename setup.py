@@ -23,7 +23,7 @@ EXTRAS = {
     "stream": ["opencv-python>=4.8"],
     "mediapipe": ["mediapipe==0.10.21", "opencv-python>=4.8"],
     "dev": ["pytest>=7.4", "onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.1", "onnxruntime-extensions>=0.12",
-            "tritonclient[grpc]>=2.40"],
+            "tritonclient[grpc]>=2.40", "opencv-python>=4.8", "rtmlib>=0.0.13"],
 }
 
 setup(
