@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 PLUGIN_NAME = "AnatomyFeatures"
 PLUGIN_VERSION = "1"
@@ -99,7 +100,7 @@ def build_plugin(output: Path | None = None, arch: str | None = None) -> Path:
 def load_plugin(path: str | Path | None = None) -> Path:
     """Load (building if needed) the plugin library and register AnatomyFeatures v1 with TensorRT's registry.
 
-    Import tensorrt first so that this library binds to the same libnvinfer (and so the same registry) as the
+    Imports tensorrt first so that this library binds to the same libnvinfer (and so the same registry) as the
     Python bindings that will build or deserialise the engine.
     """
     try:
@@ -107,16 +108,26 @@ def load_plugin(path: str | Path | None = None) -> Path:
     except ImportError as err:
         raise TensorRTPluginError("the TensorRT plugin needs the tensorrt Python package: pip install tensorrt "
                                   "(and a CUDA GPU)") from err
-    library = Path(path) if path else build_plugin()
-    key = str(library.resolve())
+    return register_plugin(trt, path)
+
+
+def register_plugin(trt: Any, library: str | Path | None = None) -> Path:
+    """Register AnatomyFeatures v1 with the registry of an imported ``tensorrt`` module; returns the library used.
+
+    ``library``: a prebuilt plugin library; None builds (or reuses the cached build of) cpp_ext/tensorrt. Safe to
+    call more than once.
+    """
+    path = Path(library) if library else build_plugin()
+    key = str(path.resolve())
     if key not in _loaded:
+        if not path.exists():
+            raise TensorRTPluginError(f"TensorRT plugin library not found: {path}")
         handle = ctypes.CDLL(key, mode=ctypes.RTLD_GLOBAL)
         handle.kasf_register_tensorrt_plugins.restype = ctypes.c_int
         if handle.kasf_register_tensorrt_plugins() != 1:
-            raise TensorRTPluginError(f"{library}: TensorRT refused to register the {PLUGIN_NAME} creator")
+            raise TensorRTPluginError(f"{path}: TensorRT refused to register the {PLUGIN_NAME} creator")
         _loaded[key] = handle
-    registry = trt.get_plugin_registry()
-    if registry.get_creator(PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE) is None:
+    if trt.get_plugin_registry().get_creator(PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE) is None:
         raise TensorRTPluginError(f"{PLUGIN_NAME} v{PLUGIN_VERSION} is not in the tensorrt module's plugin registry "
-                                  f"after loading {library}: the library bound to another libnvinfer")
-    return library
+                                  f"after loading {path}: the library bound to another libnvinfer")
+    return path
