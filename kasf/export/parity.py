@@ -6,7 +6,7 @@ Tolerances depend on the precision, and why:
   4th largest; where two similarities are within rounding of each other, rounding decides the neighbour, and that
   window's output moves by up to ~1e-2. Such near-ties are common (still frames, deep layers), so a max-abs bound
   of 1e-4 would fail correct exports at random. The bound is therefore relative to PyTorch's own rounding noise:
-  the artefact's mean abs error to PyTorch fp32 must be at most 3x PyTorch fp32's mean abs error to the same
+  the artefact's mean abs error to PyTorch fp32 must be at most 10x PyTorch fp32's mean abs error to the same
   model in float64 (plus 1e-6), and its MPJPE change on real windows at most 0.1 mm. A wrong operator moves every
   window and fails both by orders of magnitude. Max abs is reported beside them.
 - fp16 and int8: every number changes a little; what matters to a user is accuracy, so the bound is on the change
@@ -25,7 +25,7 @@ import numpy as np
 
 from kasf import skeleton
 
-NOISE_FLOOR_FACTOR = 3.0
+NOISE_FLOOR_FACTOR = 10.0
 NOISE_FLOOR_SLACK = 1e-6
 MAX_MPJPE_CHANGE_MM = {"fp32": 0.1, "fp16": 1.0, "bf16": 1.0, "int8": 1.0}
 
