@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee benchmarks/results/gpu_machine.txt
 kasf-bench --device cuda --presets kasportsformer-t,kasportsformer-xs,kasportsformer-s,kasportsformer-b,kasportsformer \
-  --backends eager-reference,eager,cudagraphs,compile,fp16,bf16,ort-fp32,trt-fp16 \
+  --backends eager-reference,eager-fused,cudagraphs,compile,fp16,bf16,ort-fp32,trt-fp16 \
   --batches 1,64 --min-time 2 --warmup 10 \
   --json benchmarks/results/gpu_lifter.json --markdown benchmarks/results/gpu_lifter.md
 python benchmarks/anatomy_op.py --devices cuda --json benchmarks/results/gpu_anatomy_op.json

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 BASELINE = "eager-reference"
-BACKENDS = ("eager-reference", "eager", "compile", "cudagraphs", "bf16", "fp16", "ort-fp32", "ort-int8", "trt-fp16",
+BACKENDS = ("eager-reference", "eager-fused", "compile", "cudagraphs", "bf16", "fp16", "ort-fp32", "ort-int8", "trt-fp16",
             "trt-int8")
 
 
@@ -70,8 +70,8 @@ def _runner(backend: str, checkpoint: Path, workdir: Path, device: str, threads:
     """A predict function for one backend, and its precision; raises RuntimeError(reason) to skip the row."""
     from kasf.runtime.lifter import Lifter
 
-    if backend in ("eager-reference", "eager"):
-        path = "reference" if backend == "eager-reference" else "fast"
+    if backend in ("eager-reference", "eager-fused"):
+        path = "reference" if backend == "eager-reference" else "fused"
         return Lifter.load(checkpoint, device=device, inference_path=path).predict, "fp32"
     if backend == "compile":
         return Lifter.load(checkpoint, device=device, compile=True).predict, "fp32"

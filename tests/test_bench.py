@@ -17,12 +17,12 @@ def test_time_calls_runs_until_min_time_and_min_calls():
 
 
 def test_smoke_run_has_baseline_ratios_and_skips_with_reasons():
-    report = run(["kasportsformer-t"], [BASELINE, "eager", "ort-fp32", "trt-fp16"], [1, 2], warmup=1,
+    report = run(["kasportsformer-t"], [BASELINE, "eager-fused", "ort-fp32", "trt-fp16"], [1, 2], warmup=1,
                  min_time_s=0.0, progress=lambda _: None)
     rows = {(r.backend, r.batch): r for r in report.rows}
     assert rows[(BASELINE, 1)].speedup == pytest.approx(1.0)
     for batch in (1, 2):
-        r = rows[("eager", batch)]
+        r = rows[("eager-fused", batch)]
         assert r.p50_ms <= r.p95_ms <= r.p99_ms
         assert r.windows_per_s == pytest.approx(r.poses_per_s)  # causal: one new pose per window
         assert r.delta_vs_fp32_mm < 0.01  # same function as the baseline

@@ -32,19 +32,20 @@ def test_outputs_match_reference(small_model, official_small):
     assert err < 1e-5, f"max abs error {err}"
 
 
-def test_reference_inference_path_matches_too(official_small):
-    model = KASportsFormer(**official_small["config"]).eval().set_inference_path("reference")
+def test_fused_inference_path_matches_too(official_small):
+    model = KASportsFormer(**official_small["config"]).eval().set_inference_path("fused")
     model.load_state_dict(_strip(official_small["checkpoint"]["model"]))
     with torch.no_grad():
         assert (model(official_small["inputs"]) - official_small["outputs"]).abs().max().item() < 1e-5
-    with pytest.raises(ValueError, match="'fast' or 'reference'"):
+    with pytest.raises(ValueError, match="'fused' or 'reference'"):
         model.set_inference_path("turbo")
 
 
 def test_grouped_limb_fuser_follows_weight_updates():
-    """The packed-weight cache of the fast path must see in-place weight changes (optimizer steps, loads)."""
+    """The packed-weight cache of the grouped path must see in-place weight changes (optimizer steps, loads)."""
     model = build("kasportsformer-t").eval()
     fuser = model.bone_refusion
+    fuser.grouped = True
     x = torch.randn(2, 27, 17, 3)
     with torch.no_grad():
         before = fuser(x)

@@ -75,15 +75,14 @@ class _LimbGroupMLP(nn.Module):
 class LimbFuser(nn.Module):
     """17 limb tokens, each fused by small MLPs from a fixed group of input joints (module name bone_refusion).
 
-    Two paths compute the same function: ``grouped`` (default) runs all 51 scalar MLPs as two batched
-    contractions over zero-padded weights; the reference path loops over the groups as the reference code does
-    (kept selectable as the speed baseline).
+    Two paths compute the same function: the reference path (default) loops over the groups as the reference code
+    does; ``grouped`` runs all 51 scalar MLPs as two batched contractions over zero-padded weights.
     """
 
     def __init__(self, hidden: int = 16) -> None:
         super().__init__()
         self.hidden = hidden
-        self.grouped = True
+        self.grouped = False
         self.mlp_layers = nn.ModuleList(_LimbGroupMLP(len(g), hidden) for g in skeleton.LIMB_GROUPS)
         for i, group in enumerate(skeleton.LIMB_GROUPS):
             self.register_buffer(f"group_index_{i}", torch.tensor(group), persistent=False)

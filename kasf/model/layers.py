@@ -70,7 +70,7 @@ class Attention(nn.Module):
         self.mode, self.num_heads, self.head_dim = mode, num_heads, dim // num_heads
         self.n_frames, self.num_joints, self.dim = n_frames, num_joints, dim
         self.scale = qk_scale or self.head_dim ** -0.5
-        self.fused = True  # scaled_dot_product_attention; False = the reference's explicit matmul-softmax-matmul
+        self.fused = False  # True: scaled_dot_product_attention; False: the reference's matmul-softmax-matmul
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)

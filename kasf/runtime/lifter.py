@@ -53,9 +53,9 @@ class Lifter:
     def load(cls, path: str | os.PathLike, device: str = "auto", backend: str | None = None,
              preset: str | None = None, config: str | Mapping[str, Any] | None = None, precision: str | None = None,
              compile: bool | str = False, allow_fallback: bool = False, ort_provider: str | None = None,
-             threads: int | None = None, inference_path: str = "fast") -> "Lifter":
+             threads: int | None = None, inference_path: str = "reference") -> "Lifter":
         """Open any kasf artefact. ``threads`` sets ONNX Runtime's intra-op threads (PyTorch's are process-wide:
-        torch.set_num_threads); ``inference_path='reference'`` runs a checkpoint with the reference formulation;
+        torch.set_num_threads); ``inference_path='fused'`` runs a checkpoint with fused attention and grouped limb MLPs;
         ``compile`` is True or a torch.compile mode (e.g. 'reduce-overhead': CUDA graphs)."""
         if device not in DEVICES:
             raise LifterError(f"device must be one of {DEVICES}, got {device!r}")
@@ -100,7 +100,7 @@ def _resolve_device(device: str, cuda_available: bool, what: str, allow_fallback
 
 
 def _load_torch(path: str | os.PathLike, device: str, preset: str | None, config: Any, precision: str,
-                compile: bool | str, allow_fallback: bool, inference_path: str = "fast") -> Lifter:
+                compile: bool | str, allow_fallback: bool, inference_path: str = "reference") -> Lifter:
     import torch
 
     from kasf.checkpoint import load_checkpoint, read_checkpoint
