@@ -27,6 +27,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 PERFORMANCE_RESULTS = (
     ("cpu_lifter_demo.md", "Demo preset on this CPU (`bash benchmarks/cpu_lifter.sh`)"),
     ("cpu_lifter_full.md", "Released size on this CPU (`bash benchmarks/cpu_lifter.sh`)"),
+    ("cpu_profile_full.md", "Where the released size's time goes on this CPU "
+                            "(`python benchmarks/profile_lifter.py --out benchmarks/results/cpu_profile_full.md`)"),
+    ("stream_cpu.md", "kasf-stream on this CPU (`python benchmarks/stream_bench.py`)"),
     ("gpu_lifter.md", "Lifter on a GPU (`bash benchmarks/gpu_lifter.sh` on a machine with an NVIDIA GPU)"),
 )
 
