@@ -14,11 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from typing import Any
 
 import numpy as np
+
+from kasf.hardware import cpu_model
 
 
 def rss_mb() -> float:
@@ -28,17 +29,6 @@ def rss_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     raise RuntimeError("VmRSS not found in /proc/self/status")
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def people_stream(frames: int, people: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, tuple[int, int], float]:
@@ -91,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     lifter = Lifter.load(args.model, device="cpu")
     lifter.predict(np.zeros((4, lifter.n_frames, 17, 3), np.float32))  # warm-up
     results: dict[str, Any] = {
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "load_avg_1m_at_start": os.getloadavg()[0]},
         "versions": {"torch": torch.__version__, "numpy": np.__version__},
         "model": args.model, "preset": lifter.metadata.get("preset"), "runs": []}

@@ -12,27 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 
 import torch
 
+from kasf.hardware import cpu_model
 from kasf.model import PRESETS, build, count_parameters
 from kasf.training.engine import resolve_precision
 from kasf.training.evaluate import autocast_context
 from kasf.training.losses import total_loss
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (platform.processor() is often empty on Linux)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def measure(preset: str, batch_size: int, precision: str, seconds: float, device: torch.device) -> dict:
@@ -80,7 +68,7 @@ def main() -> None:
     if reduced != "fp32":
         precisions.append(reduced)
     rows = [measure(p, args.batch_size, prec, args.seconds, device) for p in args.presets for prec in precisions]
-    machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+    machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
                "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None, "torch": torch.__version__,
                "load_average_1min": os.getloadavg()[0]}
     print(f"machine: {machine}")

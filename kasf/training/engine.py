@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from kasf.hardware import cpu_has_native_bf16
 from kasf import __version__
 from kasf.checkpoint import save_checkpoint
 from kasf.model import KASportsFormer, count_parameters
@@ -64,7 +65,7 @@ def setup_distributed() -> Dist:
 def resolve_precision(precision: str, device: torch.device) -> str:
     """'auto' -> bf16 where the hardware runs it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), fp16 AMP on
     older GPUs, else fp32. An explicit choice the hardware cannot do is an error."""
-    cpu_bf16 = bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    cpu_bf16 = cpu_has_native_bf16()
     if device.type == "cuda":
         if precision == "auto":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
