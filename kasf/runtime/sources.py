@@ -10,6 +10,7 @@ delay would grow without bound); frames it did not take are counted as dropped.
 
 from __future__ import annotations
 
+import abc
 import os
 import threading
 import time
@@ -54,7 +55,7 @@ def import_cv2() -> Any:
     return cv2
 
 
-class Source:
+class Source(abc.ABC):
     """Base: iterate frames; ``image_wh``, ``fps``, ``dropped`` and ``name`` describe the stream."""
 
     name = "source"
@@ -62,8 +63,9 @@ class Source:
     fps: float = 30.0
     dropped: int = 0
 
+    @abc.abstractmethod
     def __iter__(self) -> Iterator[Frame]:
-        raise NotImplementedError
+        """Frames in order, until the stream ends."""
 
     def close(self) -> None:
         """Release devices and threads (safe to call twice)."""
