@@ -53,3 +53,13 @@ def perturbed_model(preset: str, layer_scale: float = 0.2, seed: int = 0, **over
                 m.layer_scale_1.fill_(layer_scale)
                 m.layer_scale_2.fill_(layer_scale)
     return model
+
+
+def save_tiny_stream_checkpoint(folder: Path) -> Path:
+    """A one-layer, dim-16 KASportsFormer checkpoint: random weights, for tests of the pipeline, not of accuracy."""
+    import kasf
+    from kasf.model import build
+
+    torch.manual_seed(0)
+    return kasf.save_checkpoint(folder / "tiny.pt",
+                                build("kasportsformer-t", n_layers=1, dim_feat=16, dim_rep=32, num_heads=2))

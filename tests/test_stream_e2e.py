@@ -8,26 +8,20 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
-import kasf
-from kasf.model.presets import build
 from kasf.runtime.cli import main
 from kasf.runtime.lifter import Lifter
 from kasf.runtime.outputs import POSE_KEYS, JsonlSink
 from kasf.runtime.sources import CameraSource, KeypointSource, SourceError
 from kasf.runtime.stream import Pipeline, run
+from tests.conftest import save_tiny_stream_checkpoint
 
 W, H = 640, 480
 
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    """A one-layer KASportsFormer (random weights: the pipeline is under test, not the accuracy)."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("stream") / "tiny.pt"
-    kasf.save_checkpoint(path, build("kasportsformer-t", n_layers=1, dim_feat=16, dim_rep=32, num_heads=2))
-    return path
+    return save_tiny_stream_checkpoint(tmp_path_factory.mktemp("stream"))
 
 
 def walkers(frames: int, people: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

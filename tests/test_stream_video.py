@@ -7,11 +7,9 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
-import kasf
-from kasf.model.presets import build
 from kasf.runtime.cli import main
+from tests.conftest import save_tiny_stream_checkpoint
 
 cv2 = pytest.importorskip("cv2", reason="video, images and --save need OpenCV: pip install 'kasf[stream]'")
 
@@ -24,10 +22,7 @@ MISSING_COCO = 9               # the stand-in pose model gives the left wrist a 
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("video") / "tiny.pt"
-    kasf.save_checkpoint(path, build("kasportsformer-t", n_layers=1, dim_feat=16, dim_rep=32, num_heads=2))
-    return path
+    return save_tiny_stream_checkpoint(tmp_path_factory.mktemp("video"))
 
 
 def _save(graph, path):

@@ -150,6 +150,7 @@ class VideoSink:
         self.queue: queue.Queue = queue.Queue(maxsize=16)
         self.error: BaseException | None = None
         self.written = 0
+        self.views_skipped = 0  # --show without --save: frames the window could not keep up with
         self._times: list[float] = []
         self.thread = threading.Thread(target=self._render_loop, name="kasf-render", daemon=True)
         self.thread.start()
@@ -173,8 +174,8 @@ class VideoSink:
         if self.writer is None:
             try:
                 self.queue.put_nowait(item)
-            except queue.Full:
-                pass  # --show only: the window shows the newest frames it can
+            except queue.Full:  # --show only: the window shows the newest frames it can, and says so at close
+                self.views_skipped += 1
         else:
             self.queue.put(item)
 
@@ -216,5 +217,8 @@ class VideoSink:
             self.writer.release()
         if self.show:
             self.cv2.destroyAllWindows()
+        if self.views_skipped:
+            print(f"kasf-stream: the --show window skipped {self.views_skipped} frames it could not draw in time "
+                  "(poses and other outputs are complete)", file=sys.stderr)
         if self.error is not None:
             raise RuntimeError(f"rendering failed: {self.error}")
