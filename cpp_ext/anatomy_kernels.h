@@ -13,6 +13,8 @@
 #include <cstdint>
 
 #if defined(__CUDACC__)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #define KASF_HD __host__ __device__ __forceinline__
 #else
 #define KASF_HD inline
@@ -26,6 +28,45 @@ constexpr int kOutChannels = 3;
 
 KASF_HD float acc_sqrt(float x) { return sqrtf(x); }
 KASF_HD double acc_sqrt(double x) { return sqrt(x); }
+
+// Explicit conversions between the storage type and the accumulation type. PyTorch's CUDAExtension compiles with
+// -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__, which remove
+// __half's and __nv_bfloat16's implicit conversions and arithmetic, so all half arithmetic goes through these:
+// widen, compute in acc_t, round to nearest. c10::Half/BFloat16 (the CPU kernels) convert with static_cast.
+template <typename scalar_t>
+struct Convert {
+  template <typename acc_t>
+  static KASF_HD acc_t widen(scalar_t x) { return static_cast<acc_t>(x); }
+  template <typename acc_t>
+  static KASF_HD scalar_t narrow(acc_t x) { return static_cast<scalar_t>(x); }
+};
+#if defined(__CUDACC__)
+template <>
+struct Convert<__half> {
+  template <typename acc_t>
+  static KASF_HD acc_t widen(__half x) { return static_cast<acc_t>(__half2float(x)); }
+  template <typename acc_t>
+  static KASF_HD __half narrow(acc_t x) { return __float2half_rn(static_cast<float>(x)); }
+};
+template <>
+struct Convert<__nv_bfloat16> {
+  template <typename acc_t>
+  static KASF_HD acc_t widen(__nv_bfloat16 x) { return static_cast<acc_t>(__bfloat162float(x)); }
+  template <typename acc_t>
+  static KASF_HD __nv_bfloat16 narrow(acc_t x) { return __float2bfloat16_rn(static_cast<float>(x)); }
+};
+#endif
+
+template <typename acc_t, typename scalar_t>
+KASF_HD acc_t widen(scalar_t x) { return Convert<scalar_t>::template widen<acc_t>(x); }
+template <typename scalar_t, typename acc_t>
+KASF_HD scalar_t narrow(acc_t x) { return Convert<scalar_t>::template narrow<acc_t>(x); }
+
+// a - b rounded to the storage type, as PyTorch's elementwise subtraction of two half tensors does.
+template <typename scalar_t, typename acc_t>
+KASF_HD acc_t rounded_difference(scalar_t a, scalar_t b) {
+  return widen<acc_t>(narrow<scalar_t>(widen<acc_t>(a) - widen<acc_t>(b)));
+}
 
 // Human3.6M-17 bone table; tests compare the kernels with kasf.skeleton.BONE_PROXIMAL / BONE_DISTAL.
 KASF_HD int bone_proximal(int k) {
@@ -43,24 +84,24 @@ KASF_HD void anatomy_forward_frame(const scalar_t* joints, int64_t channels, sca
     const scalar_t* p = joints + bone_proximal(k) * channels;
     const scalar_t* d = joints + bone_distal(k) * channels;
     // Subtract in the input type first, as the pure path does (index_select - index_select).
-    const acc_t vx = static_cast<acc_t>(static_cast<scalar_t>(p[0] - d[0]));
-    const acc_t vy = static_cast<acc_t>(static_cast<scalar_t>(p[1] - d[1]));
+    const acc_t vx = rounded_difference<scalar_t, acc_t>(p[0], d[0]);
+    const acc_t vy = rounded_difference<scalar_t, acc_t>(p[1], d[1]);
     // The length is rounded to the input type before the zero test and the division, as in the pure path.
-    scalar_t ln = static_cast<scalar_t>(acc_sqrt(vx * vx + vy * vy));
-    if (static_cast<acc_t>(ln) == acc_t(0)) ln = static_cast<scalar_t>(1);
-    const acc_t len = static_cast<acc_t>(ln);
-    const scalar_t dx = static_cast<scalar_t>(vx / len);
-    const scalar_t dy = static_cast<scalar_t>(vy / len);
+    acc_t len = widen<acc_t>(narrow<scalar_t>(acc_sqrt(vx * vx + vy * vy)));
+    if (len == acc_t(0)) len = acc_t(1);
+    const scalar_t dx = narrow<scalar_t>(vx / len);
+    const scalar_t dy = narrow<scalar_t>(vy / len);
+    const scalar_t ln = narrow<scalar_t>(len);
     out[k * kOutChannels + 0] = dx;
     out[k * kOutChannels + 1] = dy;
     out[k * kOutChannels + 2] = ln;
-    sum_x += static_cast<acc_t>(dx);
-    sum_y += static_cast<acc_t>(dy);
-    sum_len += static_cast<acc_t>(ln);
+    sum_x += widen<acc_t>(dx);
+    sum_y += widen<acc_t>(dy);
+    sum_len += widen<acc_t>(ln);
   }
-  out[kBones * kOutChannels + 0] = static_cast<scalar_t>(sum_x / acc_t(kBones));
-  out[kBones * kOutChannels + 1] = static_cast<scalar_t>(sum_y / acc_t(kBones));
-  out[kBones * kOutChannels + 2] = static_cast<scalar_t>(sum_len / acc_t(kBones));
+  out[kBones * kOutChannels + 0] = narrow<scalar_t>(sum_x / acc_t(kBones));
+  out[kBones * kOutChannels + 1] = narrow<scalar_t>(sum_y / acc_t(kBones));
+  out[kBones * kOutChannels + 2] = narrow<scalar_t>(sum_len / acc_t(kBones));
 }
 
 // grad_out: one frame, kJoints * 3; grad_joints: kJoints * channels, fully written (channels >= 2 get zero).
@@ -75,19 +116,19 @@ KASF_HD void anatomy_backward_frame(const scalar_t* grad_out, const scalar_t* jo
     gx[j] = 0;
     gy[j] = 0;
   }
-  const acc_t mean_gx = static_cast<acc_t>(grad_out[kBones * kOutChannels + 0]) / acc_t(kBones);
-  const acc_t mean_gy = static_cast<acc_t>(grad_out[kBones * kOutChannels + 1]) / acc_t(kBones);
-  const acc_t mean_gl = static_cast<acc_t>(grad_out[kBones * kOutChannels + 2]) / acc_t(kBones);
+  const acc_t mean_gx = widen<acc_t>(grad_out[kBones * kOutChannels + 0]) / acc_t(kBones);
+  const acc_t mean_gy = widen<acc_t>(grad_out[kBones * kOutChannels + 1]) / acc_t(kBones);
+  const acc_t mean_gl = widen<acc_t>(grad_out[kBones * kOutChannels + 2]) / acc_t(kBones);
   for (int k = 0; k < kBones; ++k) {
     const int pi = bone_proximal(k), di = bone_distal(k);
     const scalar_t* p = joints + pi * channels;
     const scalar_t* d = joints + di * channels;
-    const acc_t vx = static_cast<acc_t>(static_cast<scalar_t>(p[0] - d[0]));
-    const acc_t vy = static_cast<acc_t>(static_cast<scalar_t>(p[1] - d[1]));
-    const acc_t g_dx = static_cast<acc_t>(grad_out[k * kOutChannels + 0]) + mean_gx;
-    const acc_t g_dy = static_cast<acc_t>(grad_out[k * kOutChannels + 1]) + mean_gy;
-    const acc_t g_len = static_cast<acc_t>(grad_out[k * kOutChannels + 2]) + mean_gl;
-    const acc_t len = static_cast<acc_t>(static_cast<scalar_t>(acc_sqrt(vx * vx + vy * vy)));
+    const acc_t vx = rounded_difference<scalar_t, acc_t>(p[0], d[0]);
+    const acc_t vy = rounded_difference<scalar_t, acc_t>(p[1], d[1]);
+    const acc_t g_dx = widen<acc_t>(grad_out[k * kOutChannels + 0]) + mean_gx;
+    const acc_t g_dy = widen<acc_t>(grad_out[k * kOutChannels + 1]) + mean_gy;
+    const acc_t g_len = widen<acc_t>(grad_out[k * kOutChannels + 2]) + mean_gl;
+    const acc_t len = widen<acc_t>(narrow<scalar_t>(acc_sqrt(vx * vx + vy * vy)));
     acc_t gvx, gvy;
     if (len == acc_t(0)) {
       gvx = g_dx;
@@ -104,9 +145,9 @@ KASF_HD void anatomy_backward_frame(const scalar_t* grad_out, const scalar_t* jo
     gy[di] -= gvy;
   }
   for (int j = 0; j < kJoints; ++j) {
-    grad_joints[j * channels + 0] = static_cast<scalar_t>(gx[j]);
-    grad_joints[j * channels + 1] = static_cast<scalar_t>(gy[j]);
-    for (int64_t c = 2; c < channels; ++c) grad_joints[j * channels + c] = scalar_t(0);
+    grad_joints[j * channels + 0] = narrow<scalar_t>(gx[j]);
+    grad_joints[j * channels + 1] = narrow<scalar_t>(gy[j]);
+    for (int64_t c = 2; c < channels; ++c) grad_joints[j * channels + c] = narrow<scalar_t>(acc_t(0));
   }
 }
 

@@ -7,6 +7,12 @@ Environment variables read at build time:
   KASF_NO_EXT=1        build no extension (the package then runs the pure-PyTorch path)
   KASF_NO_CUDA_EXT=1   build only the CPU kernels even where CUDA could be built
   KASF_REQUIRE_EXT=1   fail the install instead of falling back when the extension cannot be built (CI sets it)
+  CUDA_HOME            the CUDA toolkit (found from nvcc otherwise, see cuda_home())
+  TORCH_CUDA_ARCH_LIST the GPU architectures to compile for (torch's variable; default: DEFAULT_CUDA_ARCHS when no
+                       GPU is visible at build time, else the visible GPU's)
+
+The CUDA sources are compiled with torch's own nvcc flags (torch.utils.cpp_extension.COMMON_NVCC_FLAGS, among them
+-D__CUDA_NO_HALF_OPERATORS__ and -D__CUDA_NO_HALF_CONVERSIONS__), as every user's install compiles them.
 """
 
 from __future__ import annotations
@@ -31,6 +37,26 @@ def _compiler() -> str | None:
     return shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++") or shutil.which("clang++")
 
 
+# Jetson Orin (8.7), A100 (8.0), Ada (8.9), H100 (9.0), with PTX of the newest for GPUs after it.
+DEFAULT_CUDA_ARCHS = "8.0;8.7;8.9;9.0+PTX"
+
+
+def cuda_home(torch_guess: str | None) -> str | None:
+    """The CUDA toolkit root: $CUDA_HOME, else torch's guess if it holds the runtime library, else /usr/local/cuda.
+
+    Why: torch guesses the root as the folder above the first `nvcc` on PATH. Where that nvcc is a wrapper script
+    (/usr/local/bin/nvcc exec'ing /usr/local/cuda-13.0/bin/nvcc) the guess is /usr/local, which has no libcudart,
+    and the link fails after minutes of compiling.
+    """
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return torch_guess
+    candidates = [torch_guess, "/usr/local/cuda"] if torch_guess else ["/usr/local/cuda"]
+    for root in candidates:
+        if root and any((Path(root) / lib / "libcudart.so").exists() for lib in ("lib64", "lib")):
+            return root
+    return torch_guess
+
+
 def plan() -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
     """(ext_modules, cmdclass, info): what to build, and a record of the decision for kasf-info --env."""
     info: dict[str, Any] = {"built": False, "cuda": False, "reason": ""}
@@ -50,23 +76,29 @@ def plan() -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
         _fail_if_required(info["reason"])
         return [], {"build_py": _info_build_py(info)}, info
     sources = [str(SOURCES.relative_to(ROOT) / "anatomy_op.cpp")]
-    cuda_home = cpp_extension.CUDA_HOME
+    toolkit = cuda_home(cpp_extension.CUDA_HOME)
     want_cuda = not _truthy("KASF_NO_CUDA_EXT")
-    use_cuda = want_cuda and torch.version.cuda is not None and cuda_home is not None
+    use_cuda = want_cuda and torch.version.cuda is not None and toolkit is not None
     cxx_flags = ["-O3", "-std=c++20"]
     if use_cuda:
+        cpp_extension.CUDA_HOME = toolkit  # read by CUDAExtension (library dirs) and BuildExtension (nvcc path)
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+            os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS  # no GPU to ask: build for the usual ones
         sources += [str(SOURCES.relative_to(ROOT) / name) for name in ("anatomy_cuda.cu", "anatomy_cuda_kernels.cu")]
         ext = cpp_extension.CUDAExtension(
             "kasf._C", sources, include_dirs=[str(SOURCES)],
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++20", "-lineinfo"]})
-        info["reason"] = f"C++ CPU and CUDA kernels (torch CUDA {torch.version.cuda}, toolkit at {cuda_home})"
+        info["reason"] = (f"C++ CPU and CUDA kernels (torch CUDA {torch.version.cuda}, toolkit at {toolkit}, "
+                          f"architectures {os.environ.get('TORCH_CUDA_ARCH_LIST', 'of the visible GPU')})")
     else:
         ext = cpp_extension.CppExtension("kasf._C", sources, include_dirs=[str(SOURCES)],
                                          extra_compile_args={"cxx": cxx_flags})
         why = ("KASF_NO_CUDA_EXT was set" if not want_cuda else
                "torch is a CPU build" if torch.version.cuda is None else "no CUDA toolkit (nvcc) found")
         info["reason"] = f"C++ CPU kernels only ({why})"
-    info.update(built=True, cuda=use_cuda, torch=torch.__version__)
+    # "built" turns true only when build_ext has finished: an interrupted or failed build must not read as built.
+    info.update(planned=info["reason"], cuda=use_cuda, torch=torch.__version__,
+                reason=f"the build of {info['reason']} was started but did not finish")
     return [ext], {"build_ext": _build_ext(cpp_extension.BuildExtension, info), "build_py": _info_build_py(info)}, info
 
 
@@ -83,7 +115,7 @@ def _write_info(directory: Path, info: dict[str, Any]) -> None:
 def _copy_sources(target: Path) -> None:
     """Ship the kernel and TensorRT plugin sources inside a (non-editable) installed kasf: kasf.tensorrt_plugin
     compiles the plugin on the GPU machine that runs TensorRT, from these files."""
-    for pattern in ("*.h", "*.cuh", "*.cu", "*.cpp", "tensorrt/*.cpp"):
+    for pattern in ("*.h", "*.cuh", "*.cu", "*.cpp", "tensorrt/*.cpp", "tensorrt/CMakeLists.txt"):
         for source in SOURCES.glob(pattern):
             destination = target / source.relative_to(SOURCES)
             destination.parent.mkdir(parents=True, exist_ok=True)
@@ -111,6 +143,7 @@ def _build_ext(base: type, info: dict[str, Any]) -> type:
         def run(self) -> None:
             try:
                 super().run()
+                info.update(built=True, reason=info.get("planned", "built"))
             except Exception as err:  # a failed compile must not make the whole package uninstallable
                 if _truthy("KASF_REQUIRE_EXT"):
                     raise

@@ -12,6 +12,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("KASF_SHARED", REPO_ROOT.parent / "shared"))
 FIXTURE = SHARED / "fixtures" / "official_small.pt"
 MOCAP_CLIPS = SHARED / "data" / "cmu_mocap" / "clips"
+# TensorRT's public headers: $TENSORRT_INCLUDE_DIR (a user's TensorRT), else the copy in the shared material.
+TENSORRT_INCLUDE = Path(os.environ.get("TENSORRT_INCLUDE_DIR", SHARED / "third_party" / "tensorrt-10.16" / "include"))
 
 
 def need_shared(path: Path) -> Path:

@@ -36,6 +36,24 @@ def test_cpu_torch_builds_cpu_kernels_only(monkeypatch: pytest.MonkeyPatch) -> N
         pytest.skip("needs a C++ compiler")
     monkeypatch.setattr(torch.version, "cuda", None)
     modules, cmdclass, info = native_build.plan()
-    assert [m.name for m in modules] == ["kasf._C"] and info["built"] and not info["cuda"]
+    assert [m.name for m in modules] == ["kasf._C"] and not info["cuda"]
     assert all(not s.endswith(".cu") for s in modules[0].sources)
-    assert "torch is a CPU build" in info["reason"] and "build_ext" in cmdclass
+    assert "torch is a CPU build" in info["planned"] and "build_ext" in cmdclass
+    # Planned is not built: until build_ext finishes, the record says so (a failed GPU install must not claim it).
+    assert not info["built"] and "did not finish" in info["reason"]
+
+
+def test_cuda_home_skips_a_wrapper_folder_without_the_runtime(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """torch guesses CUDA_HOME as the folder above `nvcc`; a wrapper in /usr/local/bin gives /usr/local (no cudart)."""
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    toolkit = tmp_path / "cuda"
+    (toolkit / "lib64").mkdir(parents=True)
+    (toolkit / "lib64" / "libcudart.so").write_bytes(b"")
+    assert native_build.cuda_home(str(toolkit)) == str(toolkit)
+    wrapper_root = tmp_path / "usr-local"
+    wrapper_root.mkdir()
+    found = native_build.cuda_home(str(wrapper_root))
+    assert found == ("/usr/local/cuda" if Path("/usr/local/cuda/lib64/libcudart.so").exists() else str(wrapper_root))
+    monkeypatch.setenv("CUDA_HOME", str(wrapper_root))  # the user's word wins
+    assert native_build.cuda_home(str(wrapper_root)) == str(wrapper_root)

@@ -6,8 +6,10 @@
 // type, float32 or float16, linear layout. enqueue runs the CUDA kernel that the PyTorch op uses
 // (anatomy_cuda_kernels.cu) on TensorRT's stream.
 //
-// Registration: kasf.tensorrt_plugin loads this library with ctypes and calls kasf_register_tensorrt_plugins();
-// getCreators/setLoggerFinder also make it loadable by IPluginRegistry::loadLibrary and trtexec --dynamicPlugins.
+// Registration: the library exports TensorRT 10's plugin-library interface (getCreators, setLoggerFinder) and calls
+// nothing in libnvinfer, so it has no undefined TensorRT symbols. Whoever loads it registers it with their own
+// registry: IPluginRegistry::loadLibrary (Python: trt.get_plugin_registry().load_library(path), as kasf does) or
+// trtexec --dynamicPlugins. Build it with cpp_ext/tensorrt/CMakeLists.txt.
 #include <NvInferRuntime.h>
 #include <cuda_fp16.h>
 
@@ -146,15 +148,6 @@ AnatomyFeaturesCreator& creator() {
 }  // namespace kasf
 
 extern "C" {
-
-// Registers the creator with the process-wide registry of the libnvinfer this library is linked against.
-// Returns 1 when registered (or already present), 0 otherwise.
-__attribute__((visibility("default"))) int kasf_register_tensorrt_plugins() {
-  nvinfer1::IPluginRegistry* registry = getPluginRegistry();
-  if (registry == nullptr) return 0;
-  if (registry->getCreator(kasf::trt::kName, kasf::trt::kVersion, kasf::trt::kNamespace) != nullptr) return 1;
-  return registry->registerCreator(kasf::trt::creator(), kasf::trt::kNamespace) ? 1 : 0;
-}
 
 // The plugin-library interface of TensorRT 10 (IPluginRegistry::loadLibrary, trtexec --dynamicPlugins).
 __attribute__((visibility("default"))) void setLoggerFinder(nvinfer1::ILoggerFinder* /*finder*/) {}

@@ -1,0 +1,114 @@
+"""The TensorRT plugin library as users build it (cpp_ext/tensorrt/CMakeLists.txt), loaded and questioned without
+TensorRT or a GPU: it must load with every symbol resolved and answer the parser's and builder's questions the way
+the `--anatomy-op plugin` ONNX node expects.
+
+Needs cmake, nvcc, g++ and TensorRT's headers ($TENSORRT_INCLUDE_DIR, else the copy in ../shared); skips naming
+whichever is missing. The build compiles the kernels for one architecture to stay quick; the architecture list is
+a CMake parameter and does not change the host code that is tested here.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT, TENSORRT_INCLUDE
+
+PLUGIN_SOURCES = REPO_ROOT / "cpp_ext" / "tensorrt"
+PROBE = Path(__file__).resolve().parent / "native" / "tensorrt_plugin_probe.cpp"
+CUDA_INCLUDE = Path("/usr/local/cuda/include")
+# What the exported ONNX node carries (kasf/anatomy_onnx.py): TensorRT's parser looks a plugin up by op_type,
+# version "1" and the empty namespace unless the node says otherwise.
+NODE_OP_TYPE, NODE_PLUGIN_VERSION, NODE_PLUGIN_NAMESPACE = "AnatomyFeatures", "1", ""
+
+
+def _missing() -> str | None:
+    lacks = [tool for tool in ("cmake", "nvcc", "g++") if shutil.which(tool) is None]
+    if not (TENSORRT_INCLUDE / "NvInferRuntime.h").exists():
+        lacks.append(f"TensorRT headers (no NvInferRuntime.h in {TENSORRT_INCLUDE}; set TENSORRT_INCLUDE_DIR)")
+    if not (CUDA_INCLUDE / "cuda_runtime_api.h").exists():
+        lacks.append(f"the CUDA toolkit's headers in {CUDA_INCLUDE}")
+    return ", ".join(lacks) or None
+
+
+pytestmark = pytest.mark.skipif(_missing() is not None, reason=f"needs {_missing()} to build the TensorRT plugin")
+
+
+def _run(command: list[str], what: str) -> None:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{what} failed:\n{' '.join(command)}\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def plugin_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    build = tmp_path_factory.mktemp("trt-plugin")
+    _run(["cmake", "-S", str(PLUGIN_SOURCES), "-B", str(build), f"-DTENSORRT_INCLUDE_DIR={TENSORRT_INCLUDE}",
+          "-DCMAKE_CUDA_ARCHITECTURES=87", "-DCMAKE_BUILD_TYPE=Release"], "cmake configure")
+    _run(["cmake", "--build", str(build), "-j", "2"], "cmake build")
+    library = build / "libkasf_tensorrt_plugin.so"
+    assert library.exists()
+    return library
+
+
+@pytest.fixture(scope="module")
+def probe_answers(plugin_library: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    probe = tmp_path_factory.mktemp("probe") / "probe"
+    _run(["g++", "-std=c++17", "-O0", "-w", "-isystem", str(TENSORRT_INCLUDE), "-isystem", str(CUDA_INCLUDE),
+          str(PROBE), "-ldl", "-o", str(probe)], "compiling the probe")
+    result = subprocess.run([str(probe), str(plugin_library)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"probe failed:\n{result.stdout}{result.stderr}"
+    return dict(line.split(" ", 1) for line in result.stdout.splitlines())
+
+
+def test_library_needs_no_tensorrt_library(plugin_library: Path) -> None:
+    """Registration goes through the loader's registry (loadLibrary), so nothing links libnvinfer or libcudart."""
+    needed = subprocess.run(["readelf", "-d", str(plugin_library)], capture_output=True, text=True).stdout
+    assert "libnvinfer" not in needed and "libcudart" not in needed
+    exported = subprocess.run(["nm", "-D", "--defined-only", str(plugin_library)], capture_output=True,
+                              text=True).stdout
+    assert " T getCreators" in exported and " T setLoggerFinder" in exported
+
+
+def test_loads_and_exposes_the_creator_the_onnx_node_names(probe_answers: dict[str, str]) -> None:
+    assert probe_answers["dlopen"] == "ok"
+    assert probe_answers["has_getCreators"] == "1" and probe_answers["has_setLoggerFinder"] == "1"
+    assert probe_answers["creators"] == "1"
+    assert probe_answers["creator_interface"] == "PLUGIN CREATOR_V3ONE 1.0"
+    assert probe_answers["name"] == NODE_OP_TYPE
+    assert probe_answers["version"] == NODE_PLUGIN_VERSION
+    assert probe_answers["namespace"] == f"[{NODE_PLUGIN_NAMESPACE}]"
+    assert probe_answers["plugin_name"] == f"{NODE_OP_TYPE} {NODE_PLUGIN_VERSION} [{NODE_PLUGIN_NAMESPACE}]"
+    # The node has no attributes, so the creator must ask for and serialise no fields.
+    assert probe_answers["creator_fields"] == "0" and probe_answers["serialised_fields"] == "0"
+    assert probe_answers["created"] == "1" and probe_answers["clone"] == "1"
+
+
+def test_output_rules_match_the_onnx_graph(probe_answers: dict[str, str]) -> None:
+    """(B, T, 17, C) -> (B, T, 17, 3) of the input's type, float32 or float16, linear layout only."""
+    assert probe_answers["outputs"] == "1"
+    assert probe_answers["output_type.float32"] == "float32 0"
+    assert probe_answers["output_type.float16"] == "float16 0"
+    assert probe_answers["format.float32"] == "1" and probe_answers["format.float16"] == "1"
+    assert probe_answers["format.int32"] == "0"
+    assert probe_answers["format.float32_to_float16"] == "0"
+    assert probe_answers["format.float32_chw32"] == "0"
+    assert probe_answers["output_shape"] == "0 rank 4 leading_passed_through 1 last_is_3 1"
+    assert probe_answers["output_shape_rank1"] != "0"
+
+
+def test_shape_checks_refuse_what_the_kernel_cannot_run(probe_answers: dict[str, str]) -> None:
+    assert probe_answers["configure.17x3"] == "0"
+    assert probe_answers["configure.16x3"] != "0"  # not Human3.6M-17
+    assert probe_answers["configure.17x1"] != "0"  # no y channel
+    assert probe_answers["shape_change.4x27x17x3"] == "0"
+    assert probe_answers["shape_change.4x27x16x3"] != "0"
+
+
+def test_the_exported_node_is_what_the_library_serves() -> None:
+    """The constants above are the exporter's: if the node's name changes, this file must change with it."""
+    import kasf.anatomy_onnx as anatomy_onnx
+
+    assert anatomy_onnx.NODE == NODE_OP_TYPE
