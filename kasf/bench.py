@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 BASELINE = "eager-reference"
-BACKENDS = ("eager-reference", "eager-fused", "compile", "cudagraphs", "bf16", "fp16", "ort-fp32", "ort-int8", "trt-fp16",
-            "trt-int8")
+BACKENDS = ("eager-reference", "eager-fused", "compile", "compile-cudagraphs", "cudagraph", "cudagraph-fp16",
+            "cudagraph-bf16", "bf16", "fp16", "ort-fp32", "ort-int8", "trt-fp16", "trt-int8")
 
 
 @dataclass
@@ -70,20 +70,28 @@ def _runner(backend: str, checkpoint: Path, workdir: Path, device: str, threads:
     """A predict function for one backend, and its precision; raises RuntimeError(reason) to skip the row."""
     from kasf.runtime.lifter import Lifter
 
+    from kasf.runtime.lifter import LifterError
+
     if backend in ("eager-reference", "eager-fused"):
         path = "reference" if backend == "eager-reference" else "fused"
-        return Lifter.load(checkpoint, device=device, inference_path=path).predict, "fp32"
+        return Lifter.load(checkpoint, device=device, inference_path=path, cuda_graphs=False).predict, "fp32"
     if backend == "compile":
         return Lifter.load(checkpoint, device=device, compile=True).predict, "fp32"
-    if backend == "cudagraphs":
+    if backend == "compile-cudagraphs":
         if device != "cuda":
             raise RuntimeError("CUDA graphs need --device cuda")
         return Lifter.load(checkpoint, device=device, compile="reduce-overhead").predict, "fp32"
-    if backend in ("bf16", "fp16"):
-        from kasf.runtime.lifter import LifterError
-
+    if backend.startswith("cudagraph"):
+        if device != "cuda":
+            raise RuntimeError("CUDA graphs need --device cuda")
+        precision = backend.partition("-")[2] or "fp32"
         try:
-            return Lifter.load(checkpoint, device=device, precision=backend).predict, backend
+            return Lifter.load(checkpoint, device=device, precision=precision, cuda_graphs=True).predict, precision
+        except LifterError as err:
+            raise RuntimeError(str(err)) from None
+    if backend in ("bf16", "fp16"):  # eager under autocast
+        try:
+            return Lifter.load(checkpoint, device=device, precision=backend, cuda_graphs=False).predict, backend
         except LifterError as err:
             raise RuntimeError(str(err)) from None
     if backend.startswith("ort-"):
@@ -221,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kasf-bench", description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default="kasportsformer-t,kasportsformer",
                         help="comma-separated presets (default: the demo size and the released size)")
-    parser.add_argument("--backends", default="eager-reference,eager,bf16,ort-fp32,ort-int8",
+    parser.add_argument("--backends", default="eager-reference,eager-fused,bf16,ort-fp32,ort-int8",
                         help=f"comma-separated, from: {', '.join(BACKENDS)}")
     parser.add_argument("--batches", default="1", help="comma-separated batch sizes")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))

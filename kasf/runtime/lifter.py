@@ -1,6 +1,7 @@
 """One interface over every artefact kasf makes: ``Lifter.load(path).predict(windows)``.
 
-- a checkpoint (kasf or reference layout, or the name ``demo``): PyTorch, optionally torch.compile;
+- a checkpoint (kasf or reference layout, or the name ``demo``): PyTorch; on a GPU its forward is captured in CUDA
+  graphs (kasf.runtime.cuda_graphs), optionally torch.compile;
 - an ``.onnx``: ONNX Runtime with the TensorRT, CUDA or CPU execution provider;
 - an ``.engine``: TensorRT with pycuda buffers (metadata from the sidecar JSON).
 
@@ -53,10 +54,13 @@ class Lifter:
     def load(cls, path: str | os.PathLike, device: str = "auto", backend: str | None = None,
              preset: str | None = None, config: str | Mapping[str, Any] | None = None, precision: str | None = None,
              compile: bool | str = False, allow_fallback: bool = False, ort_provider: str | None = None,
-             threads: int | None = None, inference_path: str = "reference") -> "Lifter":
+             threads: int | None = None, inference_path: str = "reference",
+             cuda_graphs: bool | None = None) -> "Lifter":
         """Open any kasf artefact. ``threads`` sets ONNX Runtime's intra-op threads (PyTorch's are process-wide:
         torch.set_num_threads); ``inference_path='fused'`` runs a checkpoint with fused attention and grouped limb MLPs;
-        ``compile`` is True or a torch.compile mode (e.g. 'reduce-overhead': CUDA graphs)."""
+        ``compile`` is True or a torch.compile mode (e.g. 'reduce-overhead'); ``cuda_graphs`` (default: on for a
+        checkpoint on a CUDA device unless compiled) replays a captured forward, with fp16/bf16 weights converted once
+        where ``precision`` asks."""
         if device not in DEVICES:
             raise LifterError(f"device must be one of {DEVICES}, got {device!r}")
         backend = backend or backend_for(path)
@@ -66,7 +70,7 @@ class Lifter:
             raise FileNotFoundError(f"model not found: {path}")
         if backend == "torch":
             return _load_torch(path, device, preset, config, precision or "fp32", compile, allow_fallback,
-                               inference_path)
+                               inference_path, cuda_graphs)
         if preset or config:
             raise LifterError(f"--preset/--config apply to checkpoints; {path} carries its own metadata")
         if backend == "onnxruntime":
@@ -100,7 +104,8 @@ def _resolve_device(device: str, cuda_available: bool, what: str, allow_fallback
 
 
 def _load_torch(path: str | os.PathLike, device: str, preset: str | None, config: Any, precision: str,
-                compile: bool | str, allow_fallback: bool, inference_path: str = "reference") -> Lifter:
+                compile: bool | str, allow_fallback: bool, inference_path: str = "reference",
+                cuda_graphs: bool | None = None) -> Lifter:
     import torch
 
     from kasf.checkpoint import load_checkpoint, read_checkpoint
@@ -111,6 +116,25 @@ def _load_torch(path: str | os.PathLike, device: str, preset: str | None, config
     model = load_checkpoint(path, preset or config, device=device).set_inference_path(inference_path)
     info = read_checkpoint(path)
     autocast_dtype = _torch_precision(precision, device)
+    meta = {"config": model.config, "preset": info.preset or preset or "", **info.conventions,
+            "training": info.metadata}
+    if cuda_graphs is None:
+        cuda_graphs = device == "cuda" and not compile
+    if cuda_graphs:
+        if device != "cuda":
+            raise LifterError("CUDA graphs need device='cuda'")
+        if compile:
+            raise LifterError("choose CUDA graphs or torch.compile, not both")
+        from kasf.runtime.cuda_graphs import CudaGraphForward
+
+        graphed = CudaGraphForward(model, precision)
+
+        def run_graphed(windows: np.ndarray) -> np.ndarray:
+            x = torch.from_numpy(windows).to(device, non_blocking=True)
+            return graphed(x).float().cpu().numpy()
+
+        return Lifter(run_graphed, "torch", device, precision, model.n_frames,
+                      {**meta, "cuda_graphs": True}, max_batch=graphed.max_batch)
     if compile:
         module = torch.compile(model, mode=compile if isinstance(compile, str) else None)
     else:
@@ -122,8 +146,6 @@ def _load_torch(path: str | os.PathLike, device: str, preset: str | None, config
                                                     enabled=autocast_dtype is not None):
             return module(x).float().cpu().numpy()
 
-    meta = {"config": model.config, "preset": info.preset or preset or "", **info.conventions,
-            "training": info.metadata}
     return Lifter(run, "torch", device, precision, model.n_frames, meta)
 
 
