@@ -55,7 +55,7 @@ def measure(preset: str, batch_size: int, precision: str, seconds: float, device
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--presets", nargs="*", default=[p for p in PRESETS if p.endswith(("-t", "-xs", "-s"))])
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[64], help="one or more batch sizes")
     parser.add_argument("--seconds", type=float, default=20.0, help="minimum timed seconds per measurement")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--json", help="also write the results here")
@@ -67,7 +67,8 @@ def main() -> None:
     reduced = resolve_precision("auto", device)
     if reduced != "fp32":
         precisions.append(reduced)
-    rows = [measure(p, args.batch_size, prec, args.seconds, device) for p in args.presets for prec in precisions]
+    rows = [measure(p, batch, prec, args.seconds, device)
+            for p in args.presets for batch in args.batch_size for prec in precisions]
     machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
                "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None, "torch": torch.__version__,
                "load_average_1min": os.getloadavg()[0]}
