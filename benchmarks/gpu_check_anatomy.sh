@@ -22,9 +22,10 @@ TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-$("$PYTHON" -c 'import torch; prin
 "$PYTHON" -m kasf.info --env | tee "$OUT/env.txt"
 "$PYTHON" - <<'PY' | tee "$OUT/parity.txt"
 import torch
-from kasf import ops, skeleton
-from kasf.model.anatomy import bone_features
-assert ops.cuda_kernels_built(), ops.status()
+from kasf import skeleton
+from kasf.anatomy_op import native
+from kasf.anatomy_op.features import bone_features
+assert native.cuda_kernels_built(), native.status()
 p, d = torch.tensor(skeleton.BONE_PROXIMAL), torch.tensor(skeleton.BONE_DISTAL)
 torch.manual_seed(0)
 x = torch.randn(64, 243, 17, 3)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kasf import tensorrt_plugin
+from kasf.anatomy_op import tensorrt_plugin
 
 CPP_EXT = Path(__file__).resolve().parents[1] / "cpp_ext"
 NVCC = shutil.which("nvcc")
