@@ -108,7 +108,7 @@ def _runner(backend: str, checkpoint: Path, workdir: Path, device: str, threads:
 
 def _onnx_for(checkpoint: Path, workdir: Path, int8: bool) -> Path:
     from kasf.checkpoint import read_checkpoint
-    from kasf.export.metadata import build_metadata
+    from kasf.artefact import build_metadata
     from kasf.export.onnx_export import export_onnx, quantize_int8
     from kasf.checkpoint import load_checkpoint
 

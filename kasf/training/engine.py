@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from kasf.hardware import cpu_has_native_bf16
-from kasf import __version__
+from kasf._version import __version__
 from kasf.checkpoint import save_checkpoint
 from kasf.model import KASportsFormer, count_parameters
 from kasf.training.config import TrainConfig
