@@ -144,7 +144,7 @@ def run(presets: Sequence[str], backends: Sequence[str], batches: Sequence[int],
         mode: str = "causal", progress: Callable[[str], None] = print) -> BenchReport:
     from kasf.export.windows import load_real_windows
     from kasf.hardware import machine_info
-    from kasf.training.evaluate import to_millimetres
+    from kasf.conventions import to_millimetres
 
     if threads:
         torch.set_num_threads(threads)
