@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-from kasf import skeleton
 from kasf.conventions import to_model_input
 
 SAMPLE_PATH = Path(__file__).resolve().parents[1] / "assets" / "sample_sequence.npz"  # kasf/assets
