@@ -11,7 +11,7 @@ from native_build import plan as plan_native_build  # noqa: E402  (cpp_ext/nativ
 
 NATIVE_EXT_MODULES, NATIVE_CMDCLASS, _ = plan_native_build()
 version = {}
-for line in (ROOT / "kasf" / "__init__.py").read_text().splitlines():
+for line in (ROOT / "kasf" / "_version.py").read_text().splitlines():
     if line.startswith("__version__"):
         exec(line, version)
 

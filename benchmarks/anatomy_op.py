@@ -21,8 +21,9 @@ from typing import Any, Callable
 import torch
 from torch.utils import benchmark
 
-from kasf import ops, skeleton
-from kasf.model.anatomy import bone_features
+from kasf import skeleton
+from kasf.anatomy_op import features, native
+from kasf.anatomy_op.features import bone_features
 
 PROXIMAL = torch.tensor(skeleton.BONE_PROXIMAL)
 DISTAL = torch.tensor(skeleton.BONE_DISTAL)
@@ -55,8 +56,8 @@ def _sync(device: str) -> Callable[[], None]:
 
 def time_op(shape: tuple[int, ...], device: str, backward: bool, min_run_time: float) -> dict[str, Any]:
     """Milliseconds (best block) of the native op and the pure-PyTorch function on one input shape."""
-    if not ops.native_available():
-        raise RuntimeError(f"the native op is not available: {ops.status()['reason']}")
+    if not native.native_available():
+        raise RuntimeError(f"the native op is not available: {native.status()['reason']}")
     x = torch.randn(*shape, device=device)
     proximal, distal = PROXIMAL.to(device), DISTAL.to(device)
     sync = _sync(device)
@@ -97,12 +98,12 @@ def time_presets(presets: list[str], batch: int, device: str, min_run_time: floa
             sync()
 
         native_ms = _best_of_ms(forward, repeats)
-        original = ops.use_native
-        ops.use_native = lambda joints: False  # type: ignore[assignment]
+        original = features.use_native
+        features.use_native = lambda joints: False  # type: ignore[assignment]
         try:
             pure_ms = _best_of_ms(forward, repeats)
         finally:
-            ops.use_native = original  # type: ignore[assignment]
+            features.use_native = original  # type: ignore[assignment]
         op = time_op(tuple(x.shape), device, backward=False, min_run_time=min_run_time)
         rows.append({"preset": name, "device": device, "batch": batch, "forward_native_ms": round(native_ms, 3),
                      "forward_pure_ms": round(pure_ms, 3), "op_native_ms": op["native_ms"], "op_pure_ms": op["pure_ms"],
@@ -132,12 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if not ops.native_available():
-        print(f"the native op is not available: {ops.status()['reason']}", file=sys.stderr)
+    if not native.native_available():
+        print(f"the native op is not available: {native.status()['reason']}", file=sys.stderr)
         return 2
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
-    if "cuda" in devices and not ops.cuda_kernels_built():
-        print(f"skipping cuda: {ops.status()['reason']}", file=sys.stderr)
+    if "cuda" in devices and not native.cuda_kernels_built():
+        print(f"skipping cuda: {native.status()['reason']}", file=sys.stderr)
         devices = [d for d in devices if d != "cuda"]
     shapes = [(1, 27, 17, 3), (64, 27, 17, 3), (64, 243, 17, 3)]
     op_rows = [time_op(s, d, b, args.min_run_time) for d in devices for b in (False, True) for s in shapes]

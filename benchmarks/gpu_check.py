@@ -15,8 +15,9 @@ def check_operator(out: Path) -> int:
     """Targets: max |CUDA - CPU kernel| <= 1e-6 in float32; float64 gradcheck and opcheck pass on CUDA."""
     import torch
 
-    from kasf import ops, skeleton
-    from kasf.model.anatomy import bone_features
+    from kasf import skeleton
+    from kasf.anatomy_op import native as ops
+    from kasf.anatomy_op.features import bone_features
 
     assert torch.cuda.is_available(), "no CUDA GPU visible to torch"
     assert ops.cuda_kernels_built(), f"the CUDA kernels are not loaded: {ops.status()}"

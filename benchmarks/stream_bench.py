@@ -34,7 +34,7 @@ def rss_mb() -> float:
 def people_stream(frames: int, people: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, tuple[int, int], float]:
     """(F, P, 17, 2) keypoints and (F, P, 17) scores: the sample looped, each person shifted sideways; from the
     second person on, each leaves for 40 frames every 400 (tracks dropped and new ones made)."""
-    from kasf.runtime.sample import load_sample
+    from kasf.data.sample import load_sample
 
     sample = load_sample()
     reps = -(-frames // len(sample.keypoints))

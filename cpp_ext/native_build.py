@@ -113,8 +113,8 @@ def _write_info(directory: Path, info: dict[str, Any]) -> None:
 
 
 def _copy_sources(target: Path) -> None:
-    """Ship the kernel and TensorRT plugin sources inside a (non-editable) installed kasf: kasf.tensorrt_plugin
-    compiles the plugin on the GPU machine that runs TensorRT, from these files."""
+    """Ship the kernel and TensorRT plugin sources inside a (non-editable) installed kasf (kasf/cpp_ext_src):
+    kasf.anatomy_op.tensorrt_plugin compiles the plugin on the GPU machine that runs TensorRT, from these files."""
     for pattern in ("*.h", "*.cuh", "*.cu", "*.cpp", "tensorrt/*.cpp", "tensorrt/CMakeLists.txt"):
         for source in SOURCES.glob(pattern):
             destination = target / source.relative_to(SOURCES)

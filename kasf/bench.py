@@ -116,7 +116,7 @@ def _runner(backend: str, checkpoint: Path, workdir: Path, device: str, threads:
 
 def _onnx_for(checkpoint: Path, workdir: Path, int8: bool) -> Path:
     from kasf.checkpoint import read_checkpoint
-    from kasf.export.metadata import build_metadata
+    from kasf.artefact import build_metadata
     from kasf.export.onnx_export import export_onnx, quantize_int8
     from kasf.checkpoint import load_checkpoint
 
@@ -152,7 +152,7 @@ def run(presets: Sequence[str], backends: Sequence[str], batches: Sequence[int],
         mode: str = "causal", progress: Callable[[str], None] = print) -> BenchReport:
     from kasf.export.windows import load_real_windows
     from kasf.hardware import machine_info
-    from kasf.training.evaluate import to_millimetres
+    from kasf.conventions import to_millimetres
 
     if threads:
         torch.set_num_threads(threads)

@@ -21,7 +21,8 @@ from typing import Any, Mapping
 
 import torch
 
-from kasf import __version__, skeleton
+from kasf import skeleton
+from kasf._version import __version__
 from kasf.conventions import NORMALIZATION_NAME
 from kasf.model.kasportsformer import KASportsFormer
 from kasf.model.presets import PRESETS, model_config

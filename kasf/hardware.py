@@ -44,8 +44,9 @@ def machine_info() -> dict[str, Any]:
             info[name] = getattr(module, "__version__", "?")
         except ImportError:
             info[name] = None
-    from kasf import __version__, ops
+    from kasf._version import __version__
+    from kasf.anatomy_op.native import status
 
     info["kasf"] = __version__
-    info["anatomy_op"] = ops.status().get("anatomy_path")
+    info["anatomy_op"] = status().get("anatomy_path")
     return info

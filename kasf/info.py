@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                              "and why")
     args = parser.parse_args(argv)
     if args.env:
-        from kasf.ops import status
+        from kasf.anatomy_op.native import status
 
         env = status()
         print(json.dumps(env, indent=2) if args.json else "\n".join(f"{k}: {v}" for k, v in env.items()))

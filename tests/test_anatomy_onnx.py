@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from kasf import ops
-from kasf.anatomy_onnx import DOMAIN, DOMAIN_VERSION, NODE, anatomy_export, dynamo_translation_table, ort_session, \
+from kasf.anatomy_op import native
+from kasf.anatomy_op.onnx_modes import DOMAIN, DOMAIN_VERSION, NODE, anatomy_export, dynamo_translation_table, ort_session, \
     plugin_nodes
 
 onnx = pytest.importorskip("onnx", reason="needs onnx (pip install kasf[onnx])")
@@ -18,8 +18,8 @@ ort = pytest.importorskip("onnxruntime", reason="needs onnxruntime (pip install 
 
 
 def _need_native() -> None:
-    if not ops.native_available():
-        pytest.skip(f"plugin mode needs the native op: {ops.status()['reason']}")
+    if not native.native_available():
+        pytest.skip(f"plugin mode needs the native op: {native.status()['reason']}")
 
 
 def _small_model() -> torch.nn.Module:
@@ -97,7 +97,7 @@ def test_plugin_node_alone_matches_pure_pytorch(tmp_path: Path) -> None:
     x[4] = x[4] * 1e-6
     x[0, 0] = 0.25  # a frame whose joints coincide: every bone has zero length
     got = session.run(None, {"x": x.numpy()})[0]
-    from kasf.model.anatomy import bone_features
+    from kasf.anatomy_op.features import bone_features
 
     expected = bone_features(x[..., :2], module.proximal, module.distal).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
@@ -126,7 +126,7 @@ def test_bad_mode_and_missing_op_are_clear(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(ValueError, match="decomposed, plugin"):
         with anatomy_export("fused"):
             pass
-    monkeypatch.setattr(ops, "native_available", lambda: False)
+    monkeypatch.setattr(native, "native_available", lambda: False)
     with pytest.raises(RuntimeError, match="--anatomy-op decomposed"):
         with anatomy_export("plugin"):
             pass
@@ -138,7 +138,7 @@ def test_tensorrt_plugin_runs_the_exported_node(tmp_path: Path) -> None:
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU for TensorRT (none visible to torch here)")
     _need_native()
-    from kasf import tensorrt_plugin
+    from kasf.anatomy_op import tensorrt_plugin
 
     lacks = tensorrt_plugin.missing()
     if lacks:

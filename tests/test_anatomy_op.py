@@ -9,8 +9,10 @@ import sys
 import pytest
 import torch
 
-from kasf import ops, skeleton
-from kasf.model.anatomy import bone_features
+from kasf import skeleton
+from kasf.anatomy_op import features
+from kasf.anatomy_op import native as native_op
+from kasf.anatomy_op.features import bone_features
 
 PROXIMAL = torch.tensor(skeleton.BONE_PROXIMAL)
 DISTAL = torch.tensor(skeleton.BONE_DISTAL)
@@ -18,9 +20,9 @@ DISTAL = torch.tensor(skeleton.BONE_DISTAL)
 
 def _need_native() -> None:
     """Skip only where the build was switched off or had no compiler; a build that should exist must load."""
-    if ops.native_available():
+    if native_op.native_available():
         return
-    reason = ops.status()["reason"]
+    reason = native_op.status()["reason"]
     if os.environ.get("KASF_REQUIRE_EXT") or "failed to compile" in reason or "does not load" in reason:
         pytest.fail(f"the native extension should be available: {reason}")
     pytest.skip(f"native extension unavailable: {reason}")
@@ -157,11 +159,11 @@ def test_model_uses_the_op_and_matches_the_pure_path(monkeypatch: pytest.MonkeyP
     grads_native = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
 
-    monkeypatch.setattr(ops, "use_native", lambda joints: calls.append(1) or False)
+    monkeypatch.setattr(features, "use_native", lambda joints: calls.append(1) or False)
     x_pure = x.clone().requires_grad_(True)
     out_pure = model(x_pure)
     out_pure.square().mean().backward()
-    assert calls, "the model did not ask kasf.ops which path to take"
+    assert calls, "the model did not ask kasf.anatomy_op which path to take"
     assert (out_native - out_pure).abs().max().item() < 1e-6
     torch.testing.assert_close(x_native.grad, x_pure.grad, rtol=1e-5, atol=1e-7)
     for name, p in model.named_parameters():
@@ -187,7 +189,7 @@ def test_official_fixture_with_the_op(official_small: dict, monkeypatch: pytest.
     model.load_state_dict({k.removeprefix("module."): v for k, v in official_small["checkpoint"]["model"].items()})
     with torch.no_grad():
         out_native = model(official_small["inputs"])
-        monkeypatch.setattr(ops, "use_native", lambda joints: False)
+        monkeypatch.setattr(features, "use_native", lambda joints: False)
         out_pure = model(official_small["inputs"])
     assert (out_native - official_small["outputs"]).abs().max().item() < 1e-5
     assert (out_native - out_pure).abs().max().item() < 1e-6
@@ -247,8 +249,8 @@ def test_env_reports_native_path() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible to torch here)")
 def test_cuda_kernels_match_cpu() -> None:
     _need_native()
-    if not ops.cuda_kernels_built():
-        pytest.skip(f"the extension was built without CUDA kernels: {ops.status()['reason']}")
+    if not native_op.cuda_kernels_built():
+        pytest.skip(f"the extension was built without CUDA kernels: {native_op.status()['reason']}")
     for case, x in _inputs().items():
         torch.testing.assert_close(native(x.cuda()).cpu(), native(x), rtol=1e-6, atol=1e-7, msg=lambda m: case + m)
     x = torch.randn(4, 27, 17, 3, dtype=torch.float64, device="cuda", requires_grad=True)

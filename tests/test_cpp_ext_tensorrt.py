@@ -1,4 +1,4 @@
-"""kasf.tensorrt_plugin on machines without TensorRT: every missing piece is named, nothing half-registers."""
+"""kasf.anatomy_op.tensorrt_plugin on machines without TensorRT: every missing piece is named, nothing half-registers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kasf import tensorrt_plugin
+from kasf.anatomy_op import tensorrt_plugin
 
 
 def test_build_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:

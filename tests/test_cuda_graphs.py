@@ -47,7 +47,7 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CU
 def test_graph_replay_matches_eager_fp32(tmp_path, precision: str, tolerance_mm: float) -> None:
     """kasf-export's parity rules: fp32 within 0.1 mm mean joint distance, reduced precision within 1 mm."""
     from kasf.export.windows import load_real_windows
-    from kasf.training.evaluate import to_millimetres
+    from kasf.conventions import to_millimetres
 
     real = load_real_windows(27)
     eager = Lifter.load("demo", device="cuda", cuda_graphs=False)

@@ -10,9 +10,8 @@ import pytest
 import torch
 
 import kasf
+from kasf.artefact import parse_metadata, read_onnx_metadata
 from kasf.export.cli import UsageError, main, parse_args
-from kasf.export.metadata import parse_metadata
-from kasf.export.onnx_export import read_onnx_metadata
 from kasf.export.parity import check_parity
 from kasf.runtime import Lifter, LifterError
 from tests.conftest import perturbed_model
@@ -74,7 +73,7 @@ def test_fp16_onnx_for_strongly_typed_tensorrt(tiny_checkpoint, tmp_path):
     import onnx
     import onnxruntime as ort
 
-    from kasf.export.metadata import build_metadata
+    from kasf.artefact import build_metadata
     from kasf.export.onnx_export import export_onnx
 
     model = kasf.load_checkpoint(tiny_checkpoint)
@@ -108,10 +107,10 @@ def test_reference_layout_without_config_is_one_clear_error(reference_small_file
 
 
 def test_plugin_mode_exports_one_custom_node_and_matches(tiny_checkpoint, tmp_path):
-    from kasf import ops
+    from kasf.anatomy_op import native
 
-    if not ops.native_available():
-        pytest.skip(f"needs the native kasf::anatomy_features operator: {ops.status()['reason']}")
+    if not native.native_available():
+        pytest.skip(f"needs the native kasf::anatomy_features operator: {native.status()['reason']}")
     import onnx
 
     out = tmp_path / "plugin.onnx"

@@ -9,7 +9,7 @@ import torch
 
 from kasf import skeleton
 from kasf.model import KASportsFormer, build, count_parameters, model_config
-from kasf.model.anatomy import bone_features
+from kasf.anatomy_op.features import bone_features
 from kasf.model.layers import normalize_adjacency, spatial_adjacency
 from tests.conftest import SHARED, need_shared
 

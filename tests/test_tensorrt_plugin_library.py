@@ -20,7 +20,7 @@ from tests.conftest import REPO_ROOT, TENSORRT_INCLUDE
 PLUGIN_SOURCES = REPO_ROOT / "cpp_ext" / "tensorrt"
 PROBE = Path(__file__).resolve().parent / "native" / "tensorrt_plugin_probe.cpp"
 CUDA_INCLUDE = Path("/usr/local/cuda/include")
-# What the exported ONNX node carries (kasf/anatomy_onnx.py): TensorRT's parser looks a plugin up by op_type,
+# What the exported ONNX node carries (kasf/anatomy_op/onnx_modes.py): TensorRT's parser looks a plugin up by op_type,
 # version "1" and the empty namespace unless the node says otherwise.
 NODE_OP_TYPE, NODE_PLUGIN_VERSION, NODE_PLUGIN_NAMESPACE = "AnatomyFeatures", "1", ""
 
@@ -109,6 +109,6 @@ def test_shape_checks_refuse_what_the_kernel_cannot_run(probe_answers: dict[str,
 
 def test_the_exported_node_is_what_the_library_serves() -> None:
     """The constants above are the exporter's: if the node's name changes, this file must change with it."""
-    import kasf.anatomy_onnx as anatomy_onnx
+    from kasf.anatomy_op import onnx_modes
 
-    assert anatomy_onnx.NODE == NODE_OP_TYPE
+    assert onnx_modes.NODE == NODE_OP_TYPE

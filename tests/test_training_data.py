@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from kasf import skeleton
+from kasf.conventions import flip_pose
+from kasf.data.sources import (ClipStore, SourceError, Windows, build_clip_store, cut_windows, read_source_file,
+                               validate_split)
 from kasf.training import mocap
 from kasf.training.config import ConfigError, load_config
-from kasf.training.datasets import WindowBatches, flip_pose, flip_pose_np, mocap_windows
-from kasf.training.sources import (ClipStore, SourceError, build_clip_store, cut_windows, read_source_file,
-                                   validate_split)
+from kasf.training.datasets import WindowBatches, mocap_windows
 from tests.training_fakes import (flavoured_source, generic_source, synthetic_clip, write_mocap_folder,
                                   write_pickle)
 
@@ -96,14 +97,12 @@ def test_flip_is_an_involution_and_mirrors_projections():
     proj = focal * pose[..., :2] / pose[..., 2:]
     mirrored_world = pose[:, list(skeleton.FLIP_PERMUTATION)] * [-1, 1, 1]
     proj_mirrored = focal * mirrored_world[..., :2] / mirrored_world[..., 2:]
-    np.testing.assert_allclose(proj_mirrored, flip_pose_np(proj), atol=1e-9)
+    np.testing.assert_allclose(proj_mirrored, flip_pose(proj), atol=1e-9)
 
 
 def test_flip_augmentation_keeps_pairs_consistent():
     data = generic_source()
     frames = validate_split(data["train"], "generic", "t", test=False)
-    from kasf.training.sources import Windows
-
     windows = Windows.from_frames(frames, cut_windows(frames.source, 9, 3), test=False)
     plain = WindowBatches(windows, flip=False)[list(range(16))]
     flipped = WindowBatches(windows, flip=True, seed=0)[list(range(16))]

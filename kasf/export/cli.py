@@ -146,14 +146,14 @@ def run_export(args: argparse.Namespace) -> list[Any]:
     import torch
 
     from kasf.checkpoint import load_checkpoint, read_checkpoint, resolve_checkpoint_path
-    from kasf.export.metadata import build_metadata
+    from kasf.artefact import build_metadata
     from kasf.export.onnx_export import export_onnx, quantize_int8
     from kasf.export.parity import check_parity
     from kasf.export.windows import calibration_windows, load_real_windows
     from kasf.runtime.lifter import Lifter
 
     if args.format in ("engine", "all"):
-        from kasf.export.tensorrt_build import import_tensorrt
+        from kasf.tensorrt_api import import_tensorrt
 
         import_tensorrt()  # fail before the long work, with the install command
     device = args.device or "cpu"
@@ -224,7 +224,8 @@ def run_export(args: argparse.Namespace) -> list[Any]:
 def _build_engine(args: argparse.Namespace, model: Any, onnx_path: Path, engine_path: Path, meta: Any,
                   calib: np.ndarray, anatomy_op: str) -> Path:
     from kasf.export.onnx_export import export_onnx, quantize_int8
-    from kasf.export.tensorrt_build import BuildOptions, build_engine, import_tensorrt, tensorrt_major
+    from kasf.export.tensorrt_build import BuildOptions, build_engine
+    from kasf.tensorrt_api import import_tensorrt, tensorrt_major
 
     trt = import_tensorrt()
     precision = "int8" if args.int8 else "fp16" if args.half else "fp32"

@@ -11,7 +11,7 @@ from typing import Iterable, Iterator, Mapping
 import numpy as np
 import torch
 
-from kasf.export.metadata import INPUT_NAME, OUTPUT_NAME
+from kasf.artefact import INPUT_NAME, OUTPUT_NAME
 from kasf.model.kasportsformer import KASportsFormer
 
 
@@ -40,7 +40,7 @@ def export_onnx(model: KASportsFormer, path: str | os.PathLike, metadata: Mappin
     """
     import onnx
 
-    from kasf.anatomy_onnx import anatomy_export
+    from kasf.anatomy_op.onnx_modes import anatomy_export
 
     if opset < 17:
         raise ValueError(f"opset {opset} is too old: kasf needs opset >= 17 (LayerNormalization)")
@@ -93,13 +93,6 @@ def _simplify(proto):
     if not ok:
         raise RuntimeError("onnxsim could not validate the simplified model; export without --simplify")
     return simplified
-
-
-def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in proto.metadata_props}
 
 
 class _WindowReader:

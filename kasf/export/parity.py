@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 
 from kasf import skeleton
+from kasf.conventions import to_millimetres
 
 NOISE_FLOOR_FACTOR = 10.0
 NOISE_FLOOR_SLACK = 1e-6
@@ -84,8 +85,6 @@ def random_windows(count: int, n_frames: int, seed: int = 0) -> np.ndarray:
 
 
 def _to_mm(pred: np.ndarray, real: RealWindows) -> np.ndarray:
-    from kasf.training.evaluate import to_millimetres
-
     return to_millimetres(pred, real.image_wh, real.factor)
 
 

@@ -5,12 +5,12 @@
 - 11.x: weak typing is gone: networks are strongly typed, so FP16 comes from an FP16 ONNX and INT8 from a Q/DQ
   ONNX (kasf-export produces both), with no builder precision flags and no calibrator.
 
-The engine file is exactly what TensorRT serialises; kasf's metadata goes into a sidecar JSON beside it.
+The engine file is exactly what TensorRT serialises; kasf's metadata goes into a sidecar JSON beside it
+(:func:`kasf.artefact.write_sidecar`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,26 +18,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from kasf.export.metadata import INPUT_NAME, sidecar_path
-
-INSTALL_HINT = ("TensorRT is not installed: pip install 'kasf[gpu]' (tensorrt, pycuda, onnxruntime-gpu) on a "
-                "machine with an NVIDIA GPU and driver")
+from kasf.artefact import INPUT_NAME, write_sidecar
+from kasf.tensorrt_api import import_tensorrt, tensorrt_major
 
 
 class EngineBuildError(RuntimeError):
     """The ONNX could not be parsed or TensorRT could not build an engine from it."""
-
-
-def import_tensorrt() -> Any:
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise EngineBuildError(INSTALL_HINT) from None
-    return trt
-
-
-def tensorrt_major(trt: Any) -> int:
-    return int(str(trt.__version__).split(".")[0])
 
 
 @dataclass
@@ -57,7 +43,7 @@ def _logger(trt: Any) -> Any:
 
 def _load_plugins(trt: Any, logger: Any, options: BuildOptions) -> None:
     """Register kasf's AnatomyFeatures plugin creator before parsing (ONNX graphs with --anatomy-op plugin)."""
-    from kasf.tensorrt_plugin import register_plugin
+    from kasf.anatomy_op.tensorrt_plugin import register_plugin
 
     register_plugin(trt, options.plugin_library)
     trt.init_libnvinfer_plugins(logger, "")
@@ -170,9 +156,3 @@ def _gpu_name() -> str:
         return cuda.Device(0).name()
     except Exception:  # the sidecar is informative; a missing name must not fail a finished build
         return ""
-
-
-def write_sidecar(engine_path: Path, metadata: Mapping[str, str]) -> Path:
-    path = sidecar_path(engine_path)
-    path.write_text(json.dumps(dict(metadata), indent=2, sort_keys=True))
-    return path

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Mapping
 
-from kasf.export.metadata import INPUT_NAME, OUTPUT_NAME
+from kasf.artefact import INPUT_NAME, OUTPUT_NAME
 
 PLATFORMS = {".onnx": ("onnxruntime_onnx", "model.onnx"), ".engine": ("tensorrt_plan", "model.plan")}
 

@@ -7,19 +7,18 @@ from pathlib import Path
 
 import numpy as np
 
+from kasf.conventions import to_model_input
+from kasf.data.sample import load_sample
+from kasf.data.sources import build_clip_store, cut_windows
 from kasf.export.parity import RealWindows
 
 
 def _window_index(frames: int, n_frames: int, stride: int) -> np.ndarray:
-    from kasf.training.sources import cut_windows
-
     return cut_windows(np.zeros(frames, dtype=np.int64), n_frames, stride, short="resample", where="sequence")
 
 
 def load_real_windows(n_frames: int, stride: int = 9) -> RealWindows:
     """Windows of the bundled sample sequence (held-out mocap subject, noisy 2D, with 3D truth)."""
-    from kasf.runtime.sample import load_sample
-
     sample = load_sample()
     index = _window_index(len(sample.keypoints), n_frames, stride)
     inputs = sample.model_input()[index]
@@ -32,10 +31,8 @@ def calibration_windows(source: str | os.PathLike, n_frames: int, limit: int = 5
     """Input windows (N, n_frames, 17, 3) for INT8 calibration from a keypoint .npz or a generic source .pkl.
 
     A keypoint .npz holds 'keypoints' (F, 17, 2) pixels, 'scores' (F, 17) and 'image_wh' (2,) (kasf-stream's
-    --keypoints format, single person); a source .pkl is read with the training readers (its 'test' split).
+    --keypoints format, single person); a source .pkl is read with the source readers of kasf.data.sources (its 'test' split).
     """
-    from kasf.conventions import to_model_input
-
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"calibration source not found: {path}")
@@ -51,8 +48,6 @@ def calibration_windows(source: str | os.PathLike, n_frames: int, limit: int = 5
         frames = to_model_input(keypoints, scores, float(wh[0]), float(wh[1]))
         windows = frames[_window_index(len(frames), n_frames, max(1, n_frames // 3))]
     else:
-        from kasf.training.sources import build_clip_store
-
         test = build_clip_store(path, "generic", n_frames)["test"]
         windows = test.window_field("inputs", np.arange(min(len(test), limit)))
     if not np.isfinite(windows).all():

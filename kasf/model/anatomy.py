@@ -1,8 +1,8 @@
 """Kinematic Anatomy features of KASportsFormer: the Bone Extractor and the Limb Fuser.
 
-The Bone Extractor is parameter-free; :func:`bone_features` is its pure-PyTorch definition, which the native
-operator of ``cpp_ext`` must reproduce. Both modules use fixed index buffers (not Python lists) so that tracing,
-ONNX export and torch.compile see plain gathers.
+The Bone Extractor is parameter-free; it calls :func:`kasf.anatomy_op.features.anatomy_features`, which runs the
+native operator of ``cpp_ext`` or its pure-PyTorch definition. Both modules use fixed index buffers (not Python
+lists) so that tracing, ONNX export and torch.compile see plain gathers.
 """
 
 from __future__ import annotations
@@ -10,22 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kasf import ops, skeleton
-
-
-def bone_features(joints_2d: torch.Tensor, proximal: torch.Tensor, distal: torch.Tensor) -> torch.Tensor:
-    """(..., 17, 2) joint positions -> (..., 17, 3) bone tokens [dir_x, dir_y, length].
-
-    Sixteen bones plus a 17th token holding the mean direction and mean length. A bone of exactly zero length
-    gets length 1 (the reference's in-place guard), so its direction is (0, 0) and its length feature reads 1;
-    the fixtures of the reference confirm the guarded value is what the network sees.
-    """
-    vectors = joints_2d.index_select(-2, proximal) - joints_2d.index_select(-2, distal)
-    lengths = torch.linalg.vector_norm(vectors, dim=-1, keepdim=True)
-    safe_lengths = torch.where(lengths == 0, torch.ones_like(lengths), lengths)
-    directions = vectors / safe_lengths
-    bones = torch.cat([directions, safe_lengths], dim=-1)
-    return torch.cat([bones, bones.mean(dim=-2, keepdim=True)], dim=-2)
+from kasf import skeleton
+from kasf.anatomy_op.features import anatomy_features
 
 
 class BoneExtractor(nn.Module):
@@ -37,9 +23,7 @@ class BoneExtractor(nn.Module):
         self.register_buffer("distal", torch.tensor(skeleton.BONE_DISTAL), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if ops.use_native(x):  # the C++/CUDA operator of cpp_ext (kasf/ops.py decides, and says why not)
-            return torch.ops.kasf.anatomy_features(x.contiguous())
-        return bone_features(x[..., :2], self.proximal, self.distal)
+        return anatomy_features(x, self.proximal, self.distal)  # native op or pure PyTorch: anatomy_op decides
 
 
 class _ScalarMLP(nn.Module):

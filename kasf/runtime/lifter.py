@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from kasf.export.metadata import INPUT_NAME, parse_metadata, sidecar_path
+from kasf.artefact import INPUT_NAME, parse_metadata, read_onnx_metadata, read_sidecar, sidecar_path
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 DEVICES = ("auto", "cpu", "cuda")
@@ -172,8 +172,6 @@ def _torch_precision(precision: str, device: str) -> Any:
 
 
 def _onnx_metadata(path: Path) -> dict[str, Any]:
-    from kasf.export.onnx_export import read_onnx_metadata
-
     try:
         return parse_metadata(read_onnx_metadata(path))
     except ValueError as err:
@@ -201,7 +199,7 @@ def _load_onnxruntime(path: Path, device: str, precision: str | None, allow_fall
     if wanted not in available:
         raise LifterError(f"ONNX Runtime has no {wanted} here (available: {', '.join(available)}); {ORT_GPU_HINT}")
     providers = [wanted] + (["CUDAExecutionProvider"] if wanted == "TensorrtExecutionProvider" else [])
-    from kasf.anatomy_onnx import ort_session  # registers the AnatomyFeatures op for --anatomy-op plugin models
+    from kasf.anatomy_op.onnx_modes import ort_session  # registers the AnatomyFeatures op for --anatomy-op plugin models
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -239,7 +237,7 @@ def _pad_to_batch(run: Callable[[np.ndarray], np.ndarray], batch: int) -> Callab
 
 
 def _load_tensorrt(path: Path, device: str, precision: str | None) -> Lifter:
-    from kasf.export.tensorrt_build import import_tensorrt
+    from kasf.tensorrt_api import import_tensorrt
 
     if device == "cpu":
         raise LifterError("a TensorRT engine runs on a CUDA GPU; device='cpu' cannot run it")
@@ -252,15 +250,13 @@ def _load_tensorrt(path: Path, device: str, precision: str | None) -> Lifter:
     side = sidecar_path(path)
     if not side.exists():
         raise LifterError(f"{path}: its metadata sidecar {side.name} is missing (export with kasf-export)")
-    import json
-
-    meta = parse_metadata(json.loads(side.read_text()))
+    meta = parse_metadata(read_sidecar(path))
     if precision and precision != meta["precision"]:
         raise LifterError(f"{path.name} was built for {meta['precision']}, not {precision}")
     built_with = meta.get("tensorrt_version", "")
     logger = trt.Logger(trt.Logger.WARNING)
     if meta.get("anatomy_op") == "plugin":
-        from kasf.tensorrt_plugin import register_plugin
+        from kasf.anatomy_op.tensorrt_plugin import register_plugin
 
         register_plugin(trt, None)
     engine = trt.Runtime(logger).deserialize_cuda_engine(path.read_bytes())

@@ -141,7 +141,7 @@ class KeypointSource(Source):
 
 def sample_source() -> tuple[KeypointSource, np.ndarray]:
     """The bundled sample as a keypoint stream, and its 3D truth (F, 17, 3) root-relative mm."""
-    from kasf.runtime.sample import load_sample
+    from kasf.data.sample import load_sample
 
     sample = load_sample()
     source = KeypointSource(sample.keypoints, sample.scores, sample.image_wh, sample.fps, "h36m",

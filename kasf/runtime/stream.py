@@ -25,6 +25,7 @@ from typing import Any, Iterable, Protocol
 import numpy as np
 
 from kasf import skeleton
+from kasf.conventions import NORMALIZATION_NAME, flip_pose, to_millimetres
 from kasf.runtime.sources import Frame, Source
 from kasf.runtime.tracking import Track, Tracker
 
@@ -144,8 +145,6 @@ class Pipeline:
         if mode == "chunk" and not 1 <= stride <= self.n:
             raise ValueError(f"--stride must be in 1..{self.n} for chunk mode; got {stride}")
         normalization = lifter.metadata.get("normalization")
-        from kasf.conventions import NORMALIZATION_NAME
-
         if normalization not in (None, NORMALIZATION_NAME):
             raise ValueError(f"the model was trained with normalisation {normalization!r}; this runtime implements "
                              f"{NORMALIZATION_NAME!r} only")
@@ -236,11 +235,9 @@ class Pipeline:
                 windows.append(d.track.ring.window(row, d.last))
                 where.append(row)
         batch = np.stack(windows)
-        from kasf.training.datasets import flip_pose_np
-
         if self.flip:
-            out = self.lifter.predict(np.concatenate([batch, flip_pose_np(batch)]))
-            pred = (out[:len(batch)] + flip_pose_np(out[len(batch):])) / 2
+            out = self.lifter.predict(np.concatenate([batch, flip_pose(batch)]))
+            pred = (out[:len(batch)] + flip_pose(out[len(batch):])) / 2
         else:
             pred = self.lifter.predict(batch)
         self.stats.lift_calls += 1
@@ -263,8 +260,6 @@ class Pipeline:
         info = self.info.get(f)
         units = "normalised"
         if info is not None and info.factor is not None:
-            from kasf.training.evaluate import to_millimetres
-
             joints = to_millimetres(joints[None, None], np.asarray([self.image_wh], np.float64),
                                     np.asarray([[info.factor]], np.float64))[0, 0]
             units = "mm"

@@ -19,9 +19,9 @@ from typing import Sequence
 import numpy as np
 
 from kasf.checkpoint import CheckpointError
+from kasf.data.sources import SourceError
 from kasf.training.config import ConfigError
 from kasf.training.mocap import MocapError
-from kasf.training.sources import SourceError
 
 _USER_ERRORS = (ConfigError, SourceError, MocapError, CheckpointError, FileNotFoundError)
 
@@ -108,8 +108,8 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--allow-pickle", action="store_true", help="trust a checkpoint with Python objects")
     args = parser.parse_args(argv)
     from kasf.checkpoint import load_checkpoint
+    from kasf.data.sources import build_clip_store
     from kasf.training.evaluate import evaluate_model, format_report
-    from kasf.training.sources import build_clip_store
 
     try:
         if not args.source:

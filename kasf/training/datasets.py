@@ -1,4 +1,5 @@
-"""Training batches: windows of a split as tensors, flip augmentation, and mocap redrawn every epoch.
+"""Training batches: windows of a split as tensors, flip augmentation (kasf.conventions.flip_pose), and mocap
+redrawn every epoch.
 
 Batches are gathered a whole batch at a time (one fancy index into the memory-mapped frames), which is what
 keeps CPU training fast and lets DataLoader workers share the store instead of copying it.
@@ -12,28 +13,9 @@ import numpy as np
 import torch
 
 from kasf import skeleton
+from kasf.conventions import flip_pose
+from kasf.data.sources import Windows, cut_windows, validate_split
 from kasf.training.mocap import MocapClip, render_split
-from kasf.training.sources import Windows, cut_windows, validate_split
-
-_FLIP = list(skeleton.FLIP_PERMUTATION)
-
-
-def flip_pose(x: torch.Tensor) -> torch.Tensor:
-    """Mirror (..., 17, C) poses horizontally: x -> -x and left/right joints swapped.
-
-    Normalised screen x is centred on the image, so negating it mirrors the image; applied twice it is the
-    identity. Used for augmentation and test-time flip.
-    """
-    out = x[..., _FLIP, :].clone()
-    out[..., 0] = -out[..., 0]
-    return out
-
-
-def flip_pose_np(x: np.ndarray) -> np.ndarray:
-    """numpy twin of :func:`flip_pose`."""
-    out = np.array(x[..., _FLIP, :], copy=True)
-    out[..., 0] = -out[..., 0]
-    return out
 
 
 class WindowBatches(torch.utils.data.Dataset):

@@ -25,15 +25,15 @@ import torch
 import torch.distributed as dist
 
 from kasf.hardware import cpu_has_native_bf16
-from kasf import __version__
+from kasf._version import __version__
 from kasf.checkpoint import save_checkpoint
 from kasf.model import KASportsFormer, count_parameters
 from kasf.training.config import TrainConfig
+from kasf.data.sources import Windows, build_clip_store
 from kasf.training.datasets import WindowBatches, mocap_windows
 from kasf.training.evaluate import autocast_context, evaluate_model
 from kasf.training.losses import total_loss
 from kasf.training.mocap import load_clips, split_by_subject
-from kasf.training.sources import Windows, build_clip_store
 
 
 @dataclass

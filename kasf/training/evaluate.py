@@ -16,10 +16,9 @@ import numpy as np
 import torch
 
 from kasf import skeleton
-from kasf.conventions import denormalize_screen
+from kasf.conventions import flip_pose, to_millimetres
+from kasf.data.sources import Windows
 from kasf.training import metrics
-from kasf.training.datasets import flip_pose
-from kasf.training.sources import Windows
 
 REPORT_KEYS = ("mpjpe", "p_mpjpe", "accel_error", "mpjpe_last_frame", "mpjpe_centre_frame", "per_action",
                "per_joint")
@@ -53,16 +52,6 @@ def predict(model: torch.nn.Module, inputs: np.ndarray | torch.Tensor, flip: boo
     finally:
         model.train(was_training)
     return np.concatenate(outputs) if outputs else np.zeros((0,) + tuple(np.shape(inputs)[1:]), np.float32)
-
-
-def to_millimetres(pred: np.ndarray, image_wh: np.ndarray, factor: np.ndarray) -> np.ndarray:
-    """Normalised predictions (N, T, 17, 3) -> root-relative mm, with per-window image size (N, 2) and per-frame
-    2.5D factor (N, T)."""
-    width = image_wh[:, 0][:, None]
-    height = image_wh[:, 1][:, None]
-    pix = denormalize_screen(pred, np.broadcast_to(width, pred.shape[:2]), np.broadcast_to(height, pred.shape[:2]))
-    mm = pix.astype(np.float64) * factor[..., None, None]
-    return mm - mm[:, :, skeleton.ROOT_JOINT:skeleton.ROOT_JOINT + 1]
 
 
 def _mean_over_actions(values: np.ndarray, actions: np.ndarray) -> float:

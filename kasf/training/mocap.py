@@ -1,7 +1,7 @@
 """Real motion capture seen through virtual cameras, with detector-like 2D noise.
 
 3D clips (npz with 'joints3d' (T, 17, 3) in mm, world Z up; 'action'; 'subject') become the generic source
-layout of :mod:`kasf.training.sources`: a camera is placed around the subject (any yaw, elevation 2-40 degrees,
+layout of :mod:`kasf.data.sources`: a camera is placed around the subject (any yaw, elevation 2-40 degrees,
 distance so the person covers 10-80 % of the image height, the focal length of a real lens for a broadcast
 1920x1080 or handheld 1280x720 image), it follows the subject as an operator would, the joints are projected,
 and the 2D is corrupted the way a 2D detector corrupts it (jitter scaled to the person's size, bursts of large
@@ -20,6 +20,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from kasf import skeleton
+from kasf.data.sample import SAMPLE_PATH
 
 # Joints a 2D detector gets wrong most often (extremities), and how much noisier they are than the torso.
 _EXTREMITIES = (3, 6, 12, 13, 15, 16)
@@ -303,3 +304,26 @@ def prepare_mocap(root: str | os.PathLike, val_subjects: Sequence[str], seed: in
     return {"train": render_split(train, train_rng, train_cameras, camera_prefix="train_cam"),
             "test": render_split(test, test_rng, test_cameras, camera_prefix="test_cam") if test else {}}
 
+
+
+def make_sample(clip_path: str | os.PathLike, out: str | os.PathLike = SAMPLE_PATH, seed: int = 16) -> Path:
+    """Render one mocap clip through a broadcast camera with detector noise and save it as the bundled sample
+    (the fields :func:`kasf.data.sample.load_sample` reads)."""
+    clip = load_clip(clip_path)
+    fields = render_clip(clip, np.random.default_rng(seed), kind="broadcast")
+    mm = fields["joints_2.5d_image"]
+    truth = mm - mm[:, skeleton.ROOT_JOINT:skeleton.ROOT_JOINT + 1]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        out, keypoints=fields["joint_2d"].astype(np.float32), scores=fields["confidence"].astype(np.float32),
+        image_wh=np.asarray(fields["image_wh"][0], dtype=np.int32), fps=np.float32(clip.fps),
+        joints3d_mm=truth.astype(np.float32), factor=fields["2.5d_factor"].astype(np.float32),
+        clip=np.str_(clip.name), subject=np.str_(clip.subject), action=np.str_(clip.action))
+    return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(make_sample(sys.argv[1] if len(sys.argv) > 1 else "../shared/data/cmu_mocap/clips/cmu_16_03.npz"))

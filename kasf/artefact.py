@@ -1,12 +1,19 @@
-"""Metadata every exported artefact carries, so the runtime needs nothing but the file (and its sidecar)."""
+"""The format of kasf's exported artefacts: the metadata every ONNX file and engine carries, written and read here.
+
+Why one module below export and runtime: kasf-export writes what the Lifter reads (tensor names, the model's
+config, normalisation, precision), so both sides take the names and keys from the same place and the runtime needs
+nothing but the file (and, for an engine, its sidecar JSON).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from kasf import __version__, skeleton
+from kasf import skeleton
+from kasf._version import __version__
 from kasf.conventions import NORMALIZATION_NAME
 
 INPUT_NAME = "keypoints2d"
@@ -48,3 +55,23 @@ def parse_metadata(raw: Mapping[str, str]) -> dict[str, Any]:
 def sidecar_path(artefact: str | Path) -> Path:
     """Engines hold no custom header: their metadata lives in ARTEFACT.json beside them."""
     return Path(str(artefact) + ".json")
+
+
+def write_sidecar(artefact: str | Path, metadata: Mapping[str, str]) -> Path:
+    """Write the metadata of an engine to its sidecar JSON; returns the sidecar's path."""
+    path = sidecar_path(artefact)
+    path.write_text(json.dumps(dict(metadata), indent=2, sort_keys=True))
+    return path
+
+
+def read_sidecar(artefact: str | Path) -> dict[str, str]:
+    """The raw metadata of an engine's sidecar JSON (see :func:`parse_metadata` for the typed view)."""
+    return json.loads(sidecar_path(artefact).read_text())
+
+
+def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata_props of an ONNX file (the graph and external weights are not loaded)."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}

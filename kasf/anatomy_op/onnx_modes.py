@@ -4,7 +4,7 @@ Why two modes: ``decomposed`` (the default) exports the pure-PyTorch Bone Extrac
 (Gather, Sub, ReduceL2, Where, Div, Concat, ReduceMean), which every runtime and TensorRT run without plugins;
 ``plugin`` exports one node ``AnatomyFeatures`` in the custom domain ``kasf`` (version 1), which a runtime runs with
 our kernels: ONNX Runtime through :func:`ort_session` and TensorRT through the plugin of ``cpp_ext/tensorrt``
-(:mod:`kasf.tensorrt_plugin`).
+(:mod:`kasf.anatomy_op.tensorrt_plugin`).
 
 Use (this is what ``kasf-export --anatomy-op`` calls)::
 
@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 
 import torch
 
-from kasf import ops
+from kasf.anatomy_op import features, native
 
 DOMAIN = "kasf"
 DOMAIN_VERSION = 1
@@ -31,21 +31,13 @@ NODE = "AnatomyFeatures"
 MODES = ("decomposed", "plugin")
 Mode = Literal["decomposed", "plugin"]
 
-# A plain module global, not a ContextVar: torch.compile (Dynamo) traces BoneExtractor.forward, which reads it,
-# and Dynamo cannot trace ContextVar.get. Exports run on one thread, so a global is enough.
-_MODE: list[str | None] = [None]
 _symbolic_registered = False
 
 
-def export_mode() -> str | None:
-    """The mode of the enclosing :func:`anatomy_export`, or None outside an export."""
-    return _MODE[0]
-
-
 def _require_op(mode: str) -> None:
-    if not ops.native_available():
+    if not native.native_available():
         raise RuntimeError(f"--anatomy-op {mode} needs the native operator kasf::anatomy_features, which is not "
-                           f"available: {ops.status()['reason']}. Export with --anatomy-op decomposed instead.")
+                           f"available: {native.status()['reason']}. Export with --anatomy-op decomposed instead.")
 
 
 def _register_torchscript_symbolic() -> None:
@@ -74,11 +66,8 @@ def anatomy_export(mode: str = "decomposed") -> Iterator[None]:
     if mode == "plugin":
         _require_op(mode)
         _register_torchscript_symbolic()
-    previous, _MODE[0] = _MODE[0], mode
-    try:
+    with features.exporting_as(mode):
         yield
-    finally:
-        _MODE[0] = previous
 
 
 def dynamo_translation_table() -> dict[Callable, Callable]:
@@ -140,7 +129,7 @@ def _register_ortx_op() -> str:
         @onnx_op(op_type=NODE, inputs=[PyCustomOpDef.dt_float], outputs=[PyCustomOpDef.dt_float])
         def _anatomy_features(joints: np.ndarray) -> np.ndarray:
             with torch.no_grad():
-                return ops.anatomy_features(torch.from_numpy(np.ascontiguousarray(joints))).numpy()
+                return features.anatomy_features(torch.from_numpy(np.ascontiguousarray(joints))).numpy()
 
         _ortx_registered = True
     return get_library_path()

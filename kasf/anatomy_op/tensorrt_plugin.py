@@ -23,8 +23,9 @@ PLUGIN_NAME = "AnatomyFeatures"
 PLUGIN_VERSION = "1"
 PLUGIN_NAMESPACE = ""
 # The repository's cpp_ext/ (editable install, checkout), else the copy that setup.py puts in an installed kasf.
-_REPO_SOURCES = Path(__file__).resolve().parents[1] / "cpp_ext"
-SOURCES = _REPO_SOURCES if (_REPO_SOURCES / "tensorrt").is_dir() else Path(__file__).resolve().parent / "cpp_ext_src"
+_PACKAGE = Path(__file__).resolve().parents[1]  # the kasf folder
+_REPO_SOURCES = _PACKAGE.parent / "cpp_ext"
+SOURCES = _REPO_SOURCES if (_REPO_SOURCES / "tensorrt").is_dir() else _PACKAGE / "cpp_ext_src"
 _loaded: dict[str, ctypes.CDLL] = {}
 
 

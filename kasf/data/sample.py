@@ -1,8 +1,8 @@
 """The sample sequence shipped in the package: real motion capture seen through a virtual camera.
 
 ``kasf/assets/sample_sequence.npz`` is CMU clip 16_03 (subject cmu16, a high jump, 50 fps; data from
-mocap.cs.cmu.edu), rendered by :func:`make_sample` through a broadcast camera with detector-like noise. Subject
-cmu16 is held out of the demo checkpoint's training. Fields:
+mocap.cs.cmu.edu), rendered by :func:`kasf.training.mocap.make_sample` through a broadcast camera with
+detector-like noise. Subject cmu16 is held out of the demo checkpoint's training. Fields:
 
 - ``keypoints`` (F, 17, 2) float32: noisy 2D detections in pixels, Human3.6M-17 order
 - ``scores`` (F, 17) float32: detector-like confidences in (0, 1]
@@ -24,10 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from kasf import skeleton
 from kasf.conventions import to_model_input
 
-SAMPLE_PATH = Path(__file__).resolve().parents[1] / "assets" / "sample_sequence.npz"
+SAMPLE_PATH = Path(__file__).resolve().parents[1] / "assets" / "sample_sequence.npz"  # kasf/assets
 
 
 @dataclass
@@ -53,27 +52,3 @@ def load_sample(path: str | os.PathLike = SAMPLE_PATH) -> SampleSequence:
         return SampleSequence(keypoints=data["keypoints"], scores=data["scores"],
                               image_wh=(int(data["image_wh"][0]), int(data["image_wh"][1])), fps=float(data["fps"]),
                               joints3d_mm=data["joints3d_mm"], factor=data["factor"], clip=str(data["clip"]))
-
-
-def make_sample(clip_path: str | os.PathLike, out: str | os.PathLike = SAMPLE_PATH, seed: int = 16) -> Path:
-    """Render one mocap clip through a broadcast camera with detector noise and save it as the sample."""
-    from kasf.training.mocap import load_clip, render_clip
-
-    clip = load_clip(clip_path)
-    fields = render_clip(clip, np.random.default_rng(seed), kind="broadcast")
-    mm = fields["joints_2.5d_image"]
-    truth = mm - mm[:, skeleton.ROOT_JOINT:skeleton.ROOT_JOINT + 1]
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(
-        out, keypoints=fields["joint_2d"].astype(np.float32), scores=fields["confidence"].astype(np.float32),
-        image_wh=np.asarray(fields["image_wh"][0], dtype=np.int32), fps=np.float32(clip.fps),
-        joints3d_mm=truth.astype(np.float32), factor=fields["2.5d_factor"].astype(np.float32),
-        clip=np.str_(clip.name), subject=np.str_(clip.subject), action=np.str_(clip.action))
-    return out
-
-
-if __name__ == "__main__":
-    import sys
-
-    print(make_sample(sys.argv[1] if len(sys.argv) > 1 else "../shared/data/cmu_mocap/clips/cmu_16_03.npz"))

@@ -1,13 +1,7 @@
-"""The native anatomy operator ``torch.ops.kasf.anatomy_features`` and the choice between it and pure PyTorch.
+"""Loading the native operator ``torch.ops.kasf.anatomy_features`` (the extension ``kasf._C``) and why it did or not.
 
-Why this module: the model must run everywhere (no compiler, a CPU-only torch, a CUDA tensor with a CPU-only
-build) yet use the C++/CUDA kernels of ``cpp_ext/`` whenever they were built. Everything that decides which path
-runs lives here, so ``kasf-info --env`` can report the decision and the reason, and the fall-back is announced once.
-
-Scope of the operator: the Bone Extractor only, ``(..., 17, C>=2) -> (..., 17, 3)``, reading channels 0 and 1 (so
-the model passes its (B, T, 17, 3) input without slicing or copying). The Limb Fuser's gathers stay
-``index_select`` in PyTorch: they move 55 numbers per frame into 51 learned MLPs of different widths, so a native
-version saves no arithmetic and would force a packed output to be split again in Python; see docs/cpp_ext.md.
+Why this module: whether the C++/CUDA kernels of ``cpp_ext/`` are usable is decided once, here, with a reason, so
+``kasf-info --env`` can report it and :mod:`kasf.anatomy_op.features` can fall back to pure PyTorch without guessing.
 
 Environment (run time): ``KASF_NO_EXT=1`` forces the pure-PyTorch path even where the extension is built.
 """
@@ -16,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +18,8 @@ import torch
 from kasf import skeleton
 
 OP_NAME = "kasf::anatomy_features"
-_BUILD_INFO = Path(__file__).with_name("_build_info.json")
+# setup.py (cpp_ext/native_build.py) writes the record beside the extension, in the kasf package folder.
+_BUILD_INFO = Path(__file__).resolve().parents[1] / "_build_info.json"
 
 
 def _env_disabled() -> bool:
@@ -43,7 +37,7 @@ def build_info() -> dict[str, Any]:
 _STATE: list[tuple[bool, str]] = []
 
 
-def _load() -> tuple[bool, str]:
+def load() -> tuple[bool, str]:
     """(loaded, reason), decided once: a plain cache that torch.compile can trace (it reads a list)."""
     if not _STATE:
         _STATE.append(_try_load())
@@ -93,7 +87,7 @@ def _register_python_parts() -> None:
 
 def native_available() -> bool:
     """True when torch.ops.kasf.anatomy_features is registered (the extension loaded and is not disabled)."""
-    return _load()[0]
+    return load()[0]
 
 
 def cuda_kernels_built() -> bool:
@@ -101,56 +95,9 @@ def cuda_kernels_built() -> bool:
     return native_available() and bool(build_info().get("cuda", False))
 
 
-_warned: set[str] = set()
-
-
-def _warn_once(key: str, message: str) -> None:
-    if key not in _warned:
-        _warned.add(key)
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
-
-
-def use_native(joints: torch.Tensor) -> bool:
-    """Whether the Bone Extractor should call the native op for this input (and say once why not)."""
-    from kasf.anatomy_onnx import export_mode  # local: kasf.anatomy_onnx imports this module
-
-    mode = export_mode()
-    if mode == "decomposed":
-        return False
-    if mode == "plugin":
-        return True  # the exporter must see the op; kasf.anatomy_onnx checks it is registered
-    if torch.onnx.is_in_onnx_export():
-        return False  # an ONNX export outside anatomy_export(): the default mode, decomposed
-    loaded, reason = _load()
-    if not loaded:
-        _warn_once("missing", f"kasf: using the pure-PyTorch anatomy features: {reason}")
-        return False
-    if joints.device.type == "cpu":
-        return True
-    if joints.device.type == "cuda" and cuda_kernels_built():
-        return True
-    _warn_once(f"device-{joints.device.type}",
-               f"kasf: the native anatomy op has no {joints.device.type} kernels in this build "
-               f"({build_info().get('reason', '')}); using the pure-PyTorch path on {joints.device.type}")
-    return False
-
-
-_PROXIMAL = torch.tensor(skeleton.BONE_PROXIMAL)
-_DISTAL = torch.tensor(skeleton.BONE_DISTAL)
-
-
-def anatomy_features(joints: torch.Tensor) -> torch.Tensor:
-    """(..., 17, C>=2) -> (..., 17, 3) bone tokens, through the native op when usable, else pure PyTorch."""
-    if use_native(joints):
-        return torch.ops.kasf.anatomy_features(joints.contiguous())
-    from kasf.model.anatomy import bone_features
-
-    return bone_features(joints[..., :2], _PROXIMAL.to(joints.device), _DISTAL.to(joints.device))
-
-
 def status() -> dict[str, Any]:
     """Which anatomy path is active and why: what ``kasf-info --env`` prints."""
-    loaded, reason = _load()
+    loaded, reason = load()
     info = build_info()
     return {
         "anatomy_path": "native C++ operator (torch.ops.kasf.anatomy_features)" if loaded else "pure PyTorch",
