@@ -12,14 +12,10 @@ import torch
 from kasf.anatomy_op import native
 from kasf.anatomy_op.onnx_modes import DOMAIN, DOMAIN_VERSION, NODE, anatomy_export, dynamo_translation_table, ort_session, \
     plugin_nodes
+from tests.conftest import require_native_op
 
 onnx = pytest.importorskip("onnx", reason="needs onnx (pip install kasf[onnx])")
 ort = pytest.importorskip("onnxruntime", reason="needs onnxruntime (pip install kasf[onnx])")
-
-
-def _need_native() -> None:
-    if not native.native_available():
-        pytest.skip(f"plugin mode needs the native op: {native.status()['reason']}")
 
 
 def _small_model() -> torch.nn.Module:
@@ -59,7 +55,7 @@ def _windows() -> torch.Tensor:
 @pytest.mark.parametrize("mode", ["decomposed", "plugin"])
 def test_export_mode_matches_pytorch_in_onnxruntime(mode: str, dynamo: bool, tmp_path: Path) -> None:
     if mode == "plugin":
-        _need_native()
+        require_native_op()
         pytest.importorskip("onnxruntime_extensions", reason="plugin models run in ONNX Runtime through "
                                                              "onnxruntime-extensions (pip install kasf[onnx])")
     model = _small_model()
@@ -81,7 +77,7 @@ def test_export_mode_matches_pytorch_in_onnxruntime(mode: str, dynamo: bool, tmp
 
 def test_plugin_node_alone_matches_pure_pytorch(tmp_path: Path) -> None:
     """The operator itself through ONNX Runtime, on the hard inputs, against the pure-PyTorch definition."""
-    _need_native()
+    require_native_op()
     pytest.importorskip("onnxruntime_extensions", reason="needs onnxruntime-extensions")
     from kasf.model.anatomy import BoneExtractor
 
@@ -105,7 +101,7 @@ def test_plugin_node_alone_matches_pure_pytorch(tmp_path: Path) -> None:
 
 def test_plain_onnxruntime_names_the_missing_op(tmp_path: Path) -> None:
     """Without kasf's session helper ONNX Runtime cannot run the node, and says which one."""
-    _need_native()
+    require_native_op()
     from kasf.model.anatomy import BoneExtractor
 
     with anatomy_export("plugin"):
@@ -137,7 +133,7 @@ def test_tensorrt_plugin_runs_the_exported_node(tmp_path: Path) -> None:
     trt = pytest.importorskip("tensorrt", reason="needs TensorRT (pip install tensorrt) and a CUDA GPU")
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU for TensorRT (none visible to torch here)")
-    _need_native()
+    require_native_op()
     from kasf.anatomy_op import tensorrt_plugin
 
     lacks = tensorrt_plugin.missing()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -13,19 +14,10 @@ from kasf import skeleton
 from kasf.anatomy_op import features
 from kasf.anatomy_op import native as native_op
 from kasf.anatomy_op.features import bone_features
+from tests.conftest import require_native_op
 
 PROXIMAL = torch.tensor(skeleton.BONE_PROXIMAL)
 DISTAL = torch.tensor(skeleton.BONE_DISTAL)
-
-
-def _need_native() -> None:
-    """Skip only where the build was switched off or had no compiler; a build that should exist must load."""
-    if native_op.native_available():
-        return
-    reason = native_op.status()["reason"]
-    if os.environ.get("KASF_REQUIRE_EXT") or "failed to compile" in reason or "does not load" in reason:
-        pytest.fail(f"the native extension should be available: {reason}")
-    pytest.skip(f"native extension unavailable: {reason}")
 
 
 def pure(joints: torch.Tensor) -> torch.Tensor:
@@ -59,7 +51,7 @@ def _inputs(dtype: torch.dtype = torch.float32, device: str = "cpu") -> dict[str
 @pytest.mark.parametrize("case", list(_inputs()))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_forward_matches_pure_pytorch(case: str, dtype: torch.dtype) -> None:
-    _need_native()
+    require_native_op()
     x = _inputs(dtype)[case]
     expected = pure(x)
     got = native(x)
@@ -75,7 +67,7 @@ def test_forward_matches_pure_pytorch(case: str, dtype: torch.dtype) -> None:
 
 
 def test_zero_length_guard_reads_length_one() -> None:
-    _need_native()
+    require_native_op()
     x = torch.zeros(1, 17, 2)
     x[0, :, 0] = torch.arange(17.0)
     x[0, 3] = x[0, 2]  # bone 2 (knee -> ankle) has zero length
@@ -86,13 +78,13 @@ def test_zero_length_guard_reads_length_one() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_matches_pure_pytorch(dtype: torch.dtype) -> None:
-    _need_native()
+    require_native_op()
     x = _inputs(dtype)["random"] * 100
     torch.testing.assert_close(native(x).float(), pure(x).float(), rtol=2e-2, atol=2e-2)
 
 
 def test_backward_matches_pure_pytorch_autograd() -> None:
-    _need_native()
+    require_native_op()
     for case, x in _inputs(torch.float64).items():
         if case == "underflowing_coordinates":
             continue  # float64 does not underflow there: nothing new
@@ -105,7 +97,7 @@ def test_backward_matches_pure_pytorch_autograd() -> None:
 
 
 def test_gradcheck_float64() -> None:
-    _need_native()
+    require_native_op()
     x = torch.randn(2, 3, 17, 3, dtype=torch.float64)
     # No zero-length bone here: the guard is a kink that finite differences cannot measure; its gradient is
     # compared with autograd of the pure path in test_backward_matches_pure_pytorch_autograd.
@@ -113,7 +105,7 @@ def test_gradcheck_float64() -> None:
 
 
 def test_opcheck() -> None:
-    _need_native()
+    require_native_op()
     x = torch.randn(2, 5, 17, 3)
     torch.library.opcheck(torch.ops.kasf.anatomy_features.default, (x,))
     torch.library.opcheck(torch.ops.kasf.anatomy_features.default, (x.double().requires_grad_(True),))
@@ -127,14 +119,14 @@ def test_opcheck() -> None:
     (torch.randn(2, 3, 17).transpose(1, 2), "contiguous"),
 ])
 def test_bad_input_has_a_clear_message(bad: torch.Tensor, message: str) -> None:
-    _need_native()
+    require_native_op()
     with pytest.raises(RuntimeError, match=message):
         native(bad)
 
 
 def test_kernel_bone_table_is_the_skeleton_module() -> None:
     """Moving one joint changes exactly the bones that skeleton.py says touch it."""
-    _need_native()
+    require_native_op()
     x = torch.randn(17, 2, dtype=torch.float64)
     base = native(x)
     for j in range(17):
@@ -146,7 +138,7 @@ def test_kernel_bone_table_is_the_skeleton_module() -> None:
 
 
 def test_model_uses_the_op_and_matches_the_pure_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    _need_native()
+    require_native_op()
     from kasf.model import build
 
     torch.manual_seed(0)
@@ -172,7 +164,7 @@ def test_model_uses_the_op_and_matches_the_pure_path(monkeypatch: pytest.MonkeyP
 
 
 def test_model_graph_contains_the_op() -> None:
-    _need_native()
+    require_native_op()
     from kasf.model import KASportsFormer
 
     model = KASportsFormer(n_layers=1, dim_feat=16, dim_rep=32, num_heads=2, n_frames=9).eval()
@@ -182,7 +174,7 @@ def test_model_graph_contains_the_op() -> None:
 
 def test_official_fixture_with_the_op(official_small: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     """The reference model's outputs through the native op: 1e-5 from the fixture, 1e-6 from the pure path."""
-    _need_native()
+    require_native_op()
     from kasf.model import KASportsFormer
 
     model = KASportsFormer(**official_small["config"]).eval()
@@ -197,7 +189,7 @@ def test_official_fixture_with_the_op(official_small: dict, monkeypatch: pytest.
 
 def test_torch_compile_with_the_op() -> None:
     """Whole model in one graph (aot_eager: fake kernel and autograd), and the op under inductor with backward."""
-    _need_native()
+    require_native_op()
     from kasf.model import KASportsFormer
     from kasf.model.anatomy import BoneExtractor
 
@@ -239,7 +231,7 @@ def test_fallback_warns_once_and_env_reports_it() -> None:
 
 
 def test_env_reports_native_path() -> None:
-    _need_native()
+    require_native_op()
     out = subprocess.run([sys.executable, "-m", "kasf.info", "--env"], capture_output=True, text=True,
                          check=True).stdout
     assert "anatomy_path: native C++ operator" in out
@@ -248,10 +240,47 @@ def test_env_reports_native_path() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible to torch here)")
 def test_cuda_kernels_match_cpu() -> None:
-    _need_native()
+    require_native_op()
     if not native_op.cuda_kernels_built():
         pytest.skip(f"the extension was built without CUDA kernels: {native_op.status()['reason']}")
     for case, x in _inputs().items():
         torch.testing.assert_close(native(x.cuda()).cpu(), native(x), rtol=1e-6, atol=1e-7, msg=lambda m: case + m)
     x = torch.randn(4, 27, 17, 3, dtype=torch.float64, device="cuda", requires_grad=True)
     assert torch.autograd.gradcheck(native, (x,))
+
+
+def test_status_never_claims_a_build_that_is_not_there(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """A GPU install whose compile failed leaves a build record but no kasf._C: that is 'not built', with why."""
+    import json
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "kasf._C" else real_find_spec(name, *a))
+    monkeypatch.delenv("KASF_NO_EXT", raising=False)
+    record = tmp_path / "_build_info.json"
+    monkeypatch.setattr(native_op, "_BUILD_INFO", record)
+    record.write_text(json.dumps({"built": False, "reason": "the build of C++ CPU and CUDA kernels was started but "
+                                                          "did not finish"}))
+    loaded, reason = native_op._try_load()
+    assert not loaded and reason.startswith("native extension not built: the build of C++ CPU and CUDA kernels")
+    record.write_text(json.dumps({"built": True, "reason": "C++ CPU kernels only"}))  # a stale record
+    loaded, reason = native_op._try_load()
+    assert not loaded and reason.startswith("native extension not built: this install has no kasf._C")
+    assert "built but" not in reason
+
+
+def test_status_says_failed_to_load_when_the_library_will_not_import(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def refuse_native(name, *args, **kwargs):
+        if name == "kasf._C":
+            raise ImportError("libc10_cuda.so: cannot open shared object file")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delenv("KASF_NO_EXT", raising=False)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    monkeypatch.setattr(builtins, "__import__", refuse_native)
+    loaded, reason = native_op._try_load()
+    assert not loaded and reason == "native extension failed to load: libc10_cuda.so: cannot open shared object file"

@@ -14,7 +14,7 @@ from kasf.artefact import parse_metadata, read_onnx_metadata
 from kasf.export.cli import UsageError, main, parse_args
 from kasf.export.parity import check_parity
 from kasf.runtime import Lifter, LifterError
-from tests.conftest import perturbed_model
+from tests.conftest import perturbed_model, require_native_op
 
 pytest.importorskip("onnxruntime", reason="needs onnxruntime (pip install kasf[onnx])")
 
@@ -107,10 +107,7 @@ def test_reference_layout_without_config_is_one_clear_error(reference_small_file
 
 
 def test_plugin_mode_exports_one_custom_node_and_matches(tiny_checkpoint, tmp_path):
-    from kasf.anatomy_op import native
-
-    if not native.native_available():
-        pytest.skip(f"needs the native kasf::anatomy_features operator: {native.status()['reason']}")
+    require_native_op()
     import onnx
 
     out = tmp_path / "plugin.onnx"

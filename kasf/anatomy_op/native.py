@@ -8,6 +8,7 @@ Environment (run time): ``KASF_NO_EXT=1`` forces the pure-PyTorch path even wher
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -45,20 +46,26 @@ def load() -> tuple[bool, str]:
 
 
 def _try_load() -> tuple[bool, str]:
-    """Import kasf._C, which registers the schema and the CPU (and CUDA) kernels, and say why not if it fails."""
+    """Import kasf._C, which registers the schema and the CPU (and CUDA) kernels, and say why not if it fails.
+
+    The reason never claims a build that is not there: "not built" when no kasf._C exists in this install (with
+    the build's own reason when setup.py recorded one), "failed to load" when the file exists but will not import
+    (another torch, a missing CUDA library).
+    """
     if _env_disabled():
         return False, "KASF_NO_EXT is set in the environment: pure-PyTorch path forced"
+    info = build_info()
+    if importlib.util.find_spec("kasf._C") is None:
+        recorded = info.get("reason", "")
+        if recorded and not info.get("built", False):
+            return False, f"native extension not built: {recorded}"
+        return False, ("native extension not built: this install has no kasf._C (reinstall kasf with "
+                       "`pip install --no-build-isolation .` where torch and a C++ compiler are present)")
     try:
         import kasf._C  # noqa: F401  (registration happens at import)
     except ImportError as err:
-        info = build_info()
-        if info and not info.get("built", False):
-            return False, f"native extension not built: {info.get('reason', 'unknown reason')}"
-        if info.get("built"):
-            return False, f"native extension was built but does not load: {err}"
-        return False, f"native extension not installed ({err}); reinstall kasf with a C++ compiler present"
+        return False, f"native extension failed to load: {err}"
     _register_python_parts()
-    info = build_info()
     return True, info.get("reason", "native extension loaded")
 
 
