@@ -172,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             sinks.append(LiveServer(args.serve, page_config(lifter, pipeline, source), pipeline.stats,
                                     dropped=lambda: source.dropped, token=args.serve_token,
-                                    stale_after=pipeline.delay_frames + 1))
+                                    delay_frames=pipeline.delay_frames))
     except KeyboardInterrupt:
         for sink in sinks:
             sink.close()

@@ -44,11 +44,12 @@ MAX_VIEWERS = 32
 
 
 def parse_serve_address(text: str) -> tuple[str, int]:
-    """``PORT`` or ``HOST:PORT`` (``[::1]:PORT`` for IPv6) -> (host, port); host defaults to loopback."""
+    """``PORT`` or ``HOST:PORT`` (``[::1]:PORT`` for IPv6) -> (host, port); host defaults to loopback, port 0
+    lets the system pick a free one (the URL printed says which)."""
     host, sep, port = text.rpartition(":")
     host = host.strip("[]") if sep else DEFAULT_HOST
-    if not port.isdigit() or not 0 < int(port) < 65536 or (sep and not host):
-        raise ValueError(f"--serve wants [HOST:]PORT (e.g. 8080 or 0.0.0.0:8080), port 1-65535; got {text!r}")
+    if not port.isdigit() or not 0 <= int(port) < 65536 or (sep and not host):
+        raise ValueError(f"--serve wants [HOST:]PORT (e.g. 8080 or 0.0.0.0:8080), port 0-65535; got {text!r}")
     return host, int(port)
 
 
@@ -73,23 +74,25 @@ def exposure_warning(host: str, port: int, token: str | None) -> str | None:
 class LivePublisher:
     """Holds the newest state of the stream; the pipeline writes it, viewer threads read it.
 
-    ``write`` is the only call on the per-frame path and never waits on a viewer. The state holds the poses of the
-    newest frame that got poses (exactly the objects the other sinks write, see ``Pose.to_json``) and a reference
-    to that frame's image, so the 2D keypoints are drawn over the image they came from (in centre mode that is
-    13 frames back). Poses older than ``stale_after`` frames are cleared: the people have left.
+    ``write`` is the only call on the per-frame path and never waits on a viewer. The state holds each track's
+    newest pose (exactly the objects the other sinks write, see ``Pose.to_json``) while it is at most
+    ``delay_frames`` behind the newest input frame (the mode's delay: in chunk mode tracks are emitted out of step,
+    and a track shows its last chunk until the next); a track with no newer pose has left the view. It also holds
+    a reference to the image of the newest pose's frame, so the 2D keypoints are drawn over the image they came
+    from (in centre mode that is 13 frames back).
     """
 
     def __init__(self, config: dict[str, Any], stats: Stats | None = None,
-                 dropped: Callable[[], int] | None = None, stale_after: int = 1) -> None:
+                 dropped: Callable[[], int] | None = None, delay_frames: int = 0) -> None:
         self.config = config
         self.stats = stats
         self.dropped = dropped or (lambda: 0)
-        self.stale_after = stale_after
+        self.delay_frames = delay_frames
         self.changed = threading.Condition()
         self.seq = 0
         self.frame = -1  # newest input frame
-        self.pose_frame = -1  # frame the shown poses belong to
-        self.poses: list[Pose] = []
+        self.pose_frame = -1  # newest frame among the shown poses
+        self.poses: dict[int, Pose] = {}  # by track
         self.closed = False
         self.viewers = 0
         self.started = time.perf_counter()
@@ -108,16 +111,20 @@ class LivePublisher:
                 self.frame = frame.index
                 if frame.image is not None and self.viewers:
                     self._images[frame.index] = frame.image
+            for pose in poses:
+                shown = self.poses.get(pose.track)
+                if shown is None or pose.frame >= shown.frame:
+                    self.poses[pose.track] = pose
+            if frame is not None:
+                for track in [t for t, p in self.poses.items() if frame.index - p.frame > self.delay_frames]:
+                    del self.poses[track]
             if poses:
-                newest = max(p.frame for p in poses)
-                self.pose_frame = newest
-                self.poses = [p for p in poses if p.frame == newest]
-                image = self._images.get(newest)
+                self.pose_frame = max(p.frame for p in poses)
+                image = self._images.get(self.pose_frame)
                 if image is not None:
-                    self._image = (newest, image)
-            elif self.poses and self.frame - self.pose_frame > self.stale_after:
-                self.poses = []
-            for old in [i for i in self._images if i <= self.pose_frame or i < self.frame - 4 * self.stale_after - 8]:
+                    self._image = (self.pose_frame, image)
+            horizon = min(self.pose_frame, self.frame - self.delay_frames - 1)
+            for old in [i for i in self._images if i <= horizon]:
                 del self._images[old]
             self.seq += 1
             self.changed.notify_all()
@@ -137,7 +144,8 @@ class LivePublisher:
     def state(self) -> dict[str, Any]:
         """The newest state as the page gets it (poses exactly as ``Pose.to_json`` writes them to JSONL)."""
         with self.changed:
-            seq, frame, pose_frame, poses = self.seq, self.frame, self.pose_frame, list(self.poses)
+            seq, frame, pose_frame = self.seq, self.frame, self.pose_frame
+            poses = sorted(self.poses.values(), key=lambda p: p.track)
             image_frame = self._image[0] if self._image is not None else None
         return {"seq": seq, "frame": frame, "pose_frame": pose_frame, "image_frame": image_frame,
                 "poses": [p.to_json() for p in poses], "health": self.health()}
@@ -311,12 +319,12 @@ class LiveServer:
     """The ``--serve`` sink: a :class:`LivePublisher` fed by the pipeline and an HTTP server on its own thread."""
 
     def __init__(self, address: str, config: dict[str, Any], stats: Stats | None = None,
-                 dropped: Callable[[], int] | None = None, token: str | None = None, stale_after: int = 1,
+                 dropped: Callable[[], int] | None = None, token: str | None = None, delay_frames: int = 0,
                  announce: bool = True) -> None:
         host, port = parse_serve_address(address)
         if token is not None and not token:
             raise ValueError("--serve-token must not be empty")
-        self.publisher = LivePublisher(config, stats, dropped, stale_after)
+        self.publisher = LivePublisher(config, stats, dropped, delay_frames)
         try:
             self.server = _Server((host, port), self.publisher, token, PAGE_PATH.read_bytes())
         except OSError as err:
