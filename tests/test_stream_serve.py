@@ -194,3 +194,18 @@ def test_stalled_viewer_does_not_block_the_pipeline(monkeypatch):
     finally:
         stalled.close()
         server.close()
+
+
+def test_loop_numbers_frames_on_and_realtime_is_for_recordings(capsys):
+    from itertools import islice
+
+    from kasf.runtime.cli import main
+
+    k, s = walkers(3, 1)
+    source = KeypointSource(k, s, (W, H), 25.0, "coco")
+    source.loop = True
+    frames = list(islice(source, 7))
+    assert [f.index for f in frames] == list(range(7))
+    assert np.array_equal(frames[4].keypoints, frames[1].keypoints) and frames[4].time == pytest.approx(4 / 25)
+    assert main(["--camera", "0", "--loop"]) == 2
+    assert "--realtime and --loop apply to the sample and --keypoints" in capsys.readouterr().err

@@ -34,7 +34,8 @@ from kasf.runtime.stream import Pose, Stats
 
 PAGE_PATH = Path(__file__).resolve().parent / "web" / "index.html"
 DEFAULT_HOST = "127.0.0.1"
-STATE_RATE_HZ = 30.0  # states sent to one viewer per second at most (a browser repaints at ~60 Hz)
+STATE_RATE_HZ = 20.0  # states sent to one viewer per second at most: smooth enough to watch, and each send
+# wakes a thread that competes with the pipeline for the GIL (benchmarks/serve_load.py)
 IMAGE_RATE_HZ = 5.0  # camera images sent to one viewer per second at most
 IMAGE_WIDTH = 480  # pixels; the image is only a backdrop for the 2D keypoints
 HEALTH_EVERY_S = 0.5  # stage percentiles are recomputed at most this often, whoever asks
