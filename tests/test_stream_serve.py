@@ -209,3 +209,18 @@ def test_loop_numbers_frames_on_and_realtime_is_for_recordings(capsys):
     assert np.array_equal(frames[4].keypoints, frames[1].keypoints) and frames[4].time == pytest.approx(4 / 25)
     assert main(["--camera", "0", "--loop"]) == 2
     assert "--realtime and --loop apply to the sample and --keypoints" in capsys.readouterr().err
+
+
+def test_camera_image_is_kept_and_encoded_only_while_someone_watches():
+    pytest.importorskip("cv2")
+    publisher = serve.LivePublisher(CONFIG)
+    image = np.full((720, 1280, 3), 90, np.uint8)
+    publisher.write([_pose(0, 0)], Frame(0, 0.0, 0.0, image=image))
+    assert publisher.jpeg() is None  # nobody watching: no image kept, nothing to encode
+    publisher.viewers = 1
+    publisher.write([_pose(1, 0)], Frame(1, 0.04, 0.0, image=image))
+    frame, jpeg = publisher.jpeg()
+    assert frame == 1 and jpeg[:2] == b"\xff\xd8"
+    import cv2
+
+    assert cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape == (270, serve.IMAGE_WIDTH, 3)
