@@ -35,7 +35,7 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["kasf", "kasf.*"]),
-    package_data={"kasf": ["assets/*"]},
+    package_data={"kasf": ["assets/*", "runtime/web/*"]},
     ext_modules=NATIVE_EXT_MODULES,
     cmdclass=NATIVE_CMDCLASS,
     install_requires=["torch>=2.2", "numpy>=1.24", "pyyaml>=6.0", "tqdm>=4.60"],

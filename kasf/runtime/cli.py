@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", action="store_true", help="live window (needs OpenCV with GUI)")
     p.add_argument("--stats", metavar="FILE.json", help="write counts and per-stage latency percentiles")
     p.add_argument("--max-frames", type=int, help="stop after this many input frames")
+    p.add_argument("--realtime", action="store_true",
+                   help="play the sample or --keypoints at their frame rate (default: as fast as the lifter goes)")
+    p.add_argument("--loop", action="store_true", help="replay the sample or --keypoints until stopped (Ctrl-C)")
+    p.add_argument("--serve", metavar="[HOST:]PORT",
+                   help="live 3D view in a browser at http://HOST:PORT/ (host default 127.0.0.1; docs/streaming.md)")
+    p.add_argument("--serve-token", metavar="TOKEN", help="with --serve: the page needs ?token=TOKEN in its URL")
     return p
 
 
@@ -80,15 +86,23 @@ def _parse_smooth(text: str | None) -> tuple[float, float] | None:
 def _open_source(args: argparse.Namespace) -> tuple[Any, np.ndarray | None]:
     from kasf.runtime import sources
 
+    if (args.realtime or args.loop) and (args.video or args.images or args.camera is not None):
+        raise ValueError("--realtime and --loop apply to the sample and --keypoints (live sources are real time)")
     if args.keypoints:
-        return sources.KeypointSource.from_file(args.keypoints), None
+        return _replayed(sources.KeypointSource.from_file(args.keypoints), args), None
     if args.video:
         return sources.VideoSource(args.video), None
     if args.images:
         return sources.ImageFolderSource(args.images, fps=args.fps or 30.0), None
     if args.camera is not None:
         return sources.CameraSource(args.camera, retries=args.camera_retries, fps=args.fps), None
-    return sources.sample_source()
+    source, truth = sources.sample_source()
+    return _replayed(source, args), truth
+
+
+def _replayed(source: Any, args: argparse.Namespace) -> Any:
+    source.realtime, source.loop = args.realtime, args.loop
+    return source
 
 
 def _detector(args: argparse.Namespace) -> Any:
@@ -151,6 +165,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.save or args.show:
             sinks.append(outputs.VideoSink(args.save, args.show, source.image_wh, source.fps,
                                            delay=pipeline.delay_frames + args.hold + 1))
+        if args.serve_token is not None and not args.serve:
+            raise ValueError("--serve-token needs --serve")
+        if args.serve:
+            from kasf.runtime.serve import LiveServer, page_config
+
+            sinks.append(LiveServer(args.serve, page_config(lifter, pipeline, source), pipeline.stats,
+                                    dropped=lambda: source.dropped, token=args.serve_token,
+                                    delay_frames=pipeline.delay_frames))
     except KeyboardInterrupt:
         for sink in sinks:
             sink.close()
@@ -167,7 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kasf-stream: error: {err}{hint}", file=sys.stderr)
         return EXIT_ERROR
     try:
-        result = run(source, pipeline, detector, sinks, keep_poses=truth is not None, max_frames=args.max_frames)
+        result = run(source, pipeline, detector, sinks, keep_poses=truth is not None and not args.loop,
+                     max_frames=args.max_frames)
     except Exception as err:  # outputs were flushed and closed by run(); say what broke, without a traceback
         print(f"kasf-stream: error after {pipeline.stats.frames_in} frames (outputs so far are kept): "
               f"{type(err).__name__}: {err}", file=sys.stderr)

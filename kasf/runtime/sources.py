@@ -126,17 +126,27 @@ class KeypointSource(Source):
         return cls(fields["keypoints"], fields["scores"], tuple(fields["image_wh"]), float(fields["fps"]), fmt,
                    fields.get("track_ids"), fields.get("factor"), name=path.name)
 
+    loop = False  # replay from the start at the end, frame numbers going on (a demo for --serve)
+    realtime = False  # deliver frames at the file's frame rate, as a camera would, not as fast as they are taken
+
     def __len__(self) -> int:
         return len(self.keypoints)
 
     def __iter__(self) -> Iterator[Frame]:
-        for i in range(len(self.keypoints)):
-            start = time.perf_counter()
-            frame = Frame(i, i / self.fps, start, keypoints=self.keypoints[i], scores=self.scores[i],
-                          track_ids=None if self.track_ids is None else self.track_ids[i],
-                          factor=None if self.factor is None else float(self.factor[i]))
-            frame.capture_ms = (time.perf_counter() - start) * 1000
-            yield frame
+        index, clock = 0, time.perf_counter()
+        while True:
+            for i in range(len(self.keypoints)):
+                if self.realtime:
+                    time.sleep(max(0.0, clock + index / self.fps - time.perf_counter()))
+                start = time.perf_counter()
+                frame = Frame(index, index / self.fps, start, keypoints=self.keypoints[i], scores=self.scores[i],
+                              track_ids=None if self.track_ids is None else self.track_ids[i],
+                              factor=None if self.factor is None else float(self.factor[i]))
+                frame.capture_ms = (time.perf_counter() - start) * 1000
+                yield frame
+                index += 1
+            if not self.loop or not len(self.keypoints):
+                return
 
 
 def sample_source() -> tuple[KeypointSource, np.ndarray]:
