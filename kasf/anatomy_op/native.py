@@ -97,9 +97,15 @@ def native_available() -> bool:
     return load()[0]
 
 
+_CUDA_BUILT: list[bool] = []
+
+
 def cuda_kernels_built() -> bool:
-    """True when the loaded extension holds the CUDA kernels, not only the CPU ones."""
-    return native_available() and bool(build_info().get("cuda", False))
+    """True when the loaded extension holds the CUDA kernels, not only the CPU ones (read once: every forward on a
+    GPU asks)."""
+    if not _CUDA_BUILT:
+        _CUDA_BUILT.append(native_available() and bool(build_info().get("cuda", False)))
+    return _CUDA_BUILT[0]
 
 
 def status() -> dict[str, Any]:
