@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from kasf.export.metadata import INPUT_NAME, OUTPUT_NAME
+from kasf.runtime.triton_client import PARAMETER_PREFIX  # the client reads what this writes
 
 PLATFORMS = {".onnx": ("onnxruntime_onnx", "model.onnx"), ".engine": ("tensorrt_plan", "model.plan")}
 MAX_QUEUE_DELAY_US = 1000
-PARAMETER_PREFIX = "kasf_"
 PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
 
 
@@ -77,12 +77,6 @@ def model_config_text(name: str, n_frames: int, max_batch: int, metadata: Mappin
             lines.append(f"parameters {{ key: {_quote(PARAMETER_PREFIX + key)} "
                          f"value: {{ string_value: {_quote(str(value))} }} }}")
     return "\n".join(lines) + "\n"
-
-
-def metadata_from_parameters(parameters: Mapping[str, str]) -> dict[str, str]:
-    """The kasf metadata a config's ``kasf_*`` parameters carry (inverse of :func:`model_config_text`)."""
-    return {key[len(PARAMETER_PREFIX):]: value for key, value in parameters.items()
-            if key.startswith(PARAMETER_PREFIX)}
 
 
 def python_path_of_this_environment() -> list[str]:

@@ -2,7 +2,8 @@
 
 - a checkpoint (kasf or reference layout, or the name ``demo``): PyTorch, optionally torch.compile;
 - an ``.onnx``: ONNX Runtime with the TensorRT, CUDA or CPU execution provider;
-- an ``.engine``: TensorRT with pycuda buffers (metadata from the sidecar JSON).
+- an ``.engine``: TensorRT with pycuda buffers (metadata from the sidecar JSON);
+- a ``triton://HOST:PORT/MODEL`` address: a model on a Triton Inference Server (``kasf/runtime/triton_client.py``).
 
 The device asked for is the device used: if ONNX Runtime or PyTorch would quietly run on the CPU instead of the
 GPU, loading fails unless ``allow_fallback=True``.
@@ -19,7 +20,7 @@ import numpy as np
 
 from kasf.export.metadata import INPUT_NAME, parse_metadata, sidecar_path
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BACKENDS = ("torch", "onnxruntime", "tensorrt", "triton")
 DEVICES = ("auto", "cpu", "cuda")
 ORT_GPU_HINT = "pip install onnxruntime-gpu (and uninstall the CPU-only onnxruntime)"
 
@@ -29,6 +30,10 @@ class LifterError(RuntimeError):
 
 
 def backend_for(path: str | os.PathLike) -> str:
+    from kasf.runtime.triton_client import is_triton_url
+
+    if is_triton_url(path):
+        return "triton"
     suffix = Path(str(path)).suffix.lower()
     if suffix == ".onnx":
         return "onnxruntime"
@@ -62,6 +67,8 @@ class Lifter:
         backend = backend or backend_for(path)
         if backend not in BACKENDS:
             raise LifterError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+        if backend == "triton":
+            return _load_triton(str(path), device, precision, preset or config)
         if str(path) != "demo" and not Path(path).exists():
             raise FileNotFoundError(f"model not found: {path}")
         if backend == "torch":
@@ -201,6 +208,20 @@ def _load_onnxruntime(path: Path, device: str, precision: str | None, allow_fall
     if fixed:
         lifter.run = _pad_to_batch(run, fixed)
     return lifter
+
+
+def _load_triton(url: str, device: str, precision: str | None, checkpoint_options: Any) -> Lifter:
+    """A model on a Triton server: the server decides where it runs, so only device='auto' is accepted."""
+    from kasf.runtime.triton_client import load_triton
+
+    if device != "auto" or checkpoint_options:
+        raise LifterError(f"{url}: device, --preset and --config apply to local artefacts; a Triton model runs "
+                          "where its server's config puts it")
+    try:
+        run, meta, max_batch = load_triton(url, precision)
+    except ValueError as err:  # a malformed address
+        raise LifterError(str(err)) from None
+    return Lifter(run, "triton", "server", meta["precision"], meta["n_frames"], meta, max_batch=max_batch)
 
 
 def _pad_to_batch(run: Callable[[np.ndarray], np.ndarray], batch: int) -> Callable[[np.ndarray], np.ndarray]:
