@@ -19,11 +19,11 @@ EXTRAS = {
     "onnx": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.1", "onnxruntime-extensions>=0.12"],
     "gpu": ["onnxruntime-gpu>=1.18", "tensorrt>=8.6", "pycuda>=2022.2"],
     "pose2d": ["rtmlib>=0.0.13", "opencv-python>=4.8"],
-    "triton": ["tritonclient[grpc]>=2.40"],
+    "triton": ["tritonclient[grpc,http]>=2.40"],
     "stream": ["opencv-python>=4.8"],
     "mediapipe": ["mediapipe==0.10.21", "opencv-python>=4.8"],
     "dev": ["pytest>=7.4", "onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.1", "onnxruntime-extensions>=0.12",
-            "tritonclient[grpc]>=2.40", "opencv-python>=4.8", "rtmlib>=0.0.13"],
+            "tritonclient[grpc,http]>=2.40", "opencv-python>=4.8", "rtmlib>=0.0.13"],
 }
 
 setup(

@@ -23,7 +23,7 @@ import torch
 
 BASELINE = "eager-reference"
 BACKENDS = ("eager-reference", "eager-fused", "compile", "compile-cudagraphs", "cudagraph", "cudagraph-fp16",
-            "cudagraph-bf16", "bf16", "fp16", "ort-fp32", "ort-int8", "trt-fp16", "trt-int8")
+            "cudagraph-bf16", "bf16", "fp16", "ort-fp32", "ort-int8", "trt-fp16", "trt-int8", "triton")
 
 
 @dataclass
@@ -65,12 +65,19 @@ def time_calls(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, warmup: in
     return np.asarray(times) * 1000
 
 
-def _runner(backend: str, checkpoint: Path, workdir: Path, device: str, threads: int
+def _runner(backend: str, checkpoint: Path, workdir: Path, device: str, threads: int, triton_url: str | None = None
             ) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
     """A predict function for one backend, and its precision; raises RuntimeError(reason) to skip the row."""
-    from kasf.runtime.lifter import Lifter
+    from kasf.runtime.lifter import Lifter, LifterError
 
-    from kasf.runtime.lifter import LifterError
+    if backend == "triton":  # the server's model, whatever weights it holds; round trip included
+        if not triton_url:
+            raise RuntimeError("needs --triton-url triton://HOST:PORT/MODEL (a served kasf-export --format triton)")
+        try:
+            lifter = Lifter.load(triton_url)
+        except LifterError as err:
+            raise RuntimeError(str(err)) from None
+        return lifter.predict, lifter.precision
 
     if backend in ("eager-reference", "eager-fused"):
         path = "reference" if backend == "eager-reference" else "fused"
@@ -149,7 +156,7 @@ def _checkpoint_for(preset: str, trained: dict[str, Path], workdir: Path) -> Pat
 
 def run(presets: Sequence[str], backends: Sequence[str], batches: Sequence[int], device: str = "cpu",
         threads: int | None = None, warmup: int = 5, min_time_s: float = 3.0, trained: dict[str, Path] | None = None,
-        mode: str = "causal", progress: Callable[[str], None] = print) -> BenchReport:
+        mode: str = "causal", progress: Callable[[str], None] = print, triton_url: str | None = None) -> BenchReport:
     from kasf.export.windows import load_real_windows
     from kasf.hardware import machine_info
     from kasf.conventions import to_millimetres
@@ -161,7 +168,7 @@ def run(presets: Sequence[str], backends: Sequence[str], batches: Sequence[int],
     report = BenchReport(machine=machine_info(), settings=dict(
         presets=list(presets), backends=list(backends), batches=list(batches), device=device, threads=threads,
         warmup=warmup, min_time_s=min_time_s, mode=mode, input="bundled sample windows (held-out CMU subject)",
-        trained={k: str(v) for k, v in (trained or {}).items()}))
+        trained={k: str(v) for k, v in (trained or {}).items()}, triton_url=triton_url))
     real = load_real_windows(27)
     with tempfile.TemporaryDirectory(prefix="kasf-bench-") as tmp:
         workdir = Path(tmp)
@@ -170,7 +177,7 @@ def run(presets: Sequence[str], backends: Sequence[str], batches: Sequence[int],
             fp32_mm = None
             for backend in backends:
                 try:
-                    fn, precision = _runner(backend, checkpoint, workdir, device, threads)
+                    fn, precision = _runner(backend, checkpoint, workdir, device, threads, triton_url)
                 except RuntimeError as err:
                     report.rows += [Row(backend, preset, b, "-", skipped=str(err)) for b in batches]
                     progress(f"{preset} {backend}: skipped ({err})")
@@ -240,6 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="trained weights for a preset (default: kasportsformer-t=demo)")
     parser.add_argument("--mode", default="causal", choices=("causal", "chunk"),
                         help="streaming mode for new poses/s: causal = 1 new pose per window, chunk = 27")
+    parser.add_argument("--triton-url", help="model for the triton backend: triton://HOST:PORT/MODEL")
     parser.add_argument("--json", help="write the report as JSON here")
     parser.add_argument("--markdown", help="write the markdown table here")
     args = parser.parse_args(argv)
@@ -259,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if BASELINE not in backends:
         backends.insert(0, BASELINE)  # every table carries its baseline
     report = run(args.presets.split(","), backends, [int(b) for b in args.batches.split(",")], args.device,
-                 args.threads, args.warmup, args.min_time, trained, args.mode)
+                 args.threads, args.warmup, args.min_time, trained, args.mode, triton_url=args.triton_url)
     text = to_markdown(report)
     print(text)
     if args.json:

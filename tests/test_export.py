@@ -150,19 +150,27 @@ def test_parity_check_fails_a_wrong_artefact():
     assert check_parity(reference, reference, "x.onnx", "test", "fp32", 27, real, reference64).passed
 
 
-def test_triton_repository_config_parses(tiny_checkpoint, tmp_path):
+def test_triton_repositories_configs_parse(tiny_checkpoint, tmp_path):
     assert main([str(tiny_checkpoint), "--format", "triton", "-o", str(tmp_path / "repo"), "--name", "lifter",
                  "--dynamic-batch", "1,8,32"]) == 0
-    text = (tmp_path / "repo" / "lifter" / "config.pbtxt").read_text()
-    assert (tmp_path / "repo" / "lifter" / "1" / "model.onnx").exists()
     model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
                                            reason="needs tritonclient[grpc] to parse config.pbtxt")
     from google.protobuf import text_format
 
-    config = text_format.Parse(text, model_config_pb2.ModelConfig())
-    assert config.platform == "onnxruntime_onnx" and config.max_batch_size == 32
-    assert list(config.input[0].dims) == [27, 17, 3] and config.input[0].name == "keypoints2d"
-    assert config.dynamic_batching.max_queue_delay_microseconds > 0
+    from kasf.runtime.triton_client import metadata_from_parameters
+
+    configs = {}
+    for kind, payload in (("nvidia", "model.onnx"), ("python", "model.py")):
+        folder = tmp_path / "repo" / kind / "lifter"
+        assert (folder / "1" / payload).exists()
+        configs[kind] = text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    nvidia, python = configs["nvidia"], configs["python"]
+    assert nvidia.platform == "onnxruntime_onnx" and python.backend == "python"
+    for config in configs.values():
+        assert config.max_batch_size == 32 and config.dynamic_batching.max_queue_delay_microseconds > 0
+        assert list(config.input[0].dims) == [27, 17, 3] and config.input[0].name == "keypoints2d"
+        meta = metadata_from_parameters({k: v.string_value for k, v in config.parameters.items()})
+        assert meta["n_frames"] == "27" and json.loads(meta["config"])["n_frames"] == 27
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -214,10 +214,11 @@ def run_export(args: argparse.Namespace) -> list[Any]:
         from kasf.export.triton import write_repository
 
         low, _, high = args.batch_range
-        model_dir = write_repository(paths["triton"], args.name or stem.replace(".", "_"), served,
-                                     model.n_frames, high, meta("int8" if args.int8 else "fp32"),
-                                     fp16=bool(args.half))
-        print(f"wrote Triton repository {model_dir.parent} (model {model_dir.name}, from {served.name})")
+        models = write_repository(paths["triton"], args.name or stem.replace(".", "_"), served, model.n_frames,
+                                  high, meta("int8" if args.int8 else "fp32"), fp16=bool(args.half))
+        for kind, model_dir in models.items():
+            print(f"wrote Triton repository {model_dir.parent} ({kind} server; model {model_dir.name}, "
+                  f"from {served.name}): tritonserver --model-repository {model_dir.parent}")
     return reports
 
 

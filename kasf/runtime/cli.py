@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--det-frequency", type=int, default=1, help="run the person detector every N frames")
     p.add_argument("--kpt-threshold", type=float, default=0.3,
                    help="rtmlib keypoints scoring below this count as missing (RTMPose scores are not probabilities)")
-    p.add_argument("--model", default="demo", help="checkpoint, .onnx or .engine (default: bundled demo)")
+    p.add_argument("--model", default="demo",
+                   help="checkpoint, .onnx, .engine or a Triton model: triton://HOST:PORT/MODEL (gRPC), "
+                        "triton+http://HOST:PORT/MODEL (default: bundled demo)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--precision", default=None, help="fp32, bf16, fp16, int8 (as the artefact allows)")
     p.add_argument("--threads", type=int, default=1,

@@ -3,7 +3,8 @@
 - a checkpoint (kasf or reference layout, or the name ``demo``): PyTorch; on a GPU its forward is captured in CUDA
   graphs (kasf.runtime.cuda_graphs), optionally torch.compile;
 - an ``.onnx``: ONNX Runtime with the TensorRT, CUDA or CPU execution provider;
-- an ``.engine``: TensorRT with pycuda buffers (metadata from the sidecar JSON).
+- an ``.engine``: TensorRT with pycuda buffers (metadata from the sidecar JSON);
+- a ``triton://HOST:PORT/MODEL`` address: a model on a Triton Inference Server (``kasf/runtime/triton_client.py``).
 
 The device asked for is the device used: if ONNX Runtime or PyTorch would quietly run on the CPU instead of the
 GPU, loading fails unless ``allow_fallback=True``.
@@ -20,7 +21,7 @@ import numpy as np
 
 from kasf.artefact import INPUT_NAME, parse_metadata, read_onnx_metadata, read_sidecar, sidecar_path
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BACKENDS = ("torch", "onnxruntime", "tensorrt", "triton")
 DEVICES = ("auto", "cpu", "cuda")
 ORT_GPU_HINT = "pip install onnxruntime-gpu (and uninstall the CPU-only onnxruntime)"
 
@@ -30,6 +31,10 @@ class LifterError(RuntimeError):
 
 
 def backend_for(path: str | os.PathLike) -> str:
+    from kasf.runtime.triton_client import is_triton_url
+
+    if is_triton_url(path):
+        return "triton"
     suffix = Path(str(path)).suffix.lower()
     if suffix == ".onnx":
         return "onnxruntime"
@@ -66,6 +71,8 @@ class Lifter:
         backend = backend or backend_for(path)
         if backend not in BACKENDS:
             raise LifterError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+        if backend == "triton":
+            return _load_triton(str(path), device, precision, preset or config)
         if str(path) != "demo" and not Path(path).exists():
             raise FileNotFoundError(f"model not found: {path}")
         if backend == "torch":
@@ -221,6 +228,20 @@ def _load_onnxruntime(path: Path, device: str, precision: str | None, allow_fall
     if fixed:
         lifter.run = _pad_to_batch(run, fixed)
     return lifter
+
+
+def _load_triton(url: str, device: str, precision: str | None, checkpoint_options: Any) -> Lifter:
+    """A model on a Triton server: the server decides where it runs, so only device='auto' is accepted."""
+    from kasf.runtime.triton_client import load_triton
+
+    if device != "auto" or checkpoint_options:
+        raise LifterError(f"{url}: device, --preset and --config apply to local artefacts; a Triton model runs "
+                          "where its server's config puts it")
+    try:
+        run, meta, max_batch = load_triton(url, precision)
+    except ValueError as err:  # a malformed address
+        raise LifterError(str(err)) from None
+    return Lifter(run, "triton", "server", meta["precision"], meta["n_frames"], meta, max_batch=max_batch)
 
 
 def _pad_to_batch(run: Callable[[np.ndarray], np.ndarray], batch: int) -> Callable[[np.ndarray], np.ndarray]:
