@@ -20,14 +20,11 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from kasf.artefact import INPUT_NAME, parse_metadata, read_onnx_metadata, read_sidecar, sidecar_path
+from kasf.runtime.errors import LifterError  # noqa: F401  (public here: kasf.runtime.lifter.LifterError)
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt", "triton")
 DEVICES = ("auto", "cpu", "cuda")
 ORT_GPU_HINT = "pip install onnxruntime-gpu (and uninstall the CPU-only onnxruntime)"
-
-
-class LifterError(RuntimeError):
-    """The artefact cannot be run as asked (missing runtime, wrong device, wrong input)."""
 
 
 def backend_for(path: str | os.PathLike) -> str:

@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from kasf.artefact import INPUT_NAME, OUTPUT_NAME, parse_metadata
-from kasf.runtime.lifter import LifterError
+from kasf.runtime.errors import LifterError
 
 PROTOCOLS = {"triton": "grpc", "triton+grpc": "grpc", "triton+http": "http"}
 PARAMETER_PREFIX = "kasf_"  # config.pbtxt parameters that carry kasf's metadata
