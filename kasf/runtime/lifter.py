@@ -264,9 +264,9 @@ def _load_tensorrt(path: Path, device: str, precision: str | None) -> Lifter:
         runtime = trt.Runtime(logger)
         engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if engine is None:
+            built = f"TensorRT {meta.get('tensorrt_version') or '?'} on {meta.get('gpu') or '?'}"
             raise LifterError(f"{path}: TensorRT {trt.__version__} on {session.gpu_name} cannot load this engine "
-                              f"(built with TensorRT {meta.get('tensorrt_version') or '?'} on {meta.get('gpu') or '?'}); "
-                              "rebuild it here with kasf-export --format engine")
+                              f"(built with {built}); rebuild it here with kasf-export --format engine")
         context = engine.create_execution_context()
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         output_name = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
