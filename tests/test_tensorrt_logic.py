@@ -596,3 +596,40 @@ def test_export_asks_for_a_fixed_profile_and_symmetric_qdq(monkeypatch: pytest.M
                       windows(5), "decomposed")
     assert seen["qdq"] == {"symmetric": True} and seen["source"].name == "m.qdq.onnx"
     assert seen["options"].batch == (4, 4, 4) and seen["options"].timing_cache_dir == tmp_path
+
+
+# ---------------------------------------------------------------- the Q/DQ ONNX TensorRT >= 11 builds INT8 from
+
+def _zero_points(path: Path) -> list[int]:
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    points = []
+    for node in proto.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2:
+            points.extend(int(v) for v in np.ravel(inits[node.input[2]]))
+    return points
+
+
+def test_qdq_for_tensorrt_has_zero_points_of_zero(tmp_path: Path) -> None:
+    """TensorRT's ONNX importer refuses a non-zero zero point ("only supports symmetric quantization")."""
+    pytest.importorskip("onnxruntime", reason="needs onnxruntime (pip install kasf[onnx])")
+    import torch
+
+    from kasf.artefact import build_metadata
+    from kasf.export.onnx_export import export_onnx, quantize_int8
+    from kasf.model import KASportsFormer
+
+    torch.manual_seed(0)
+    model = KASportsFormer(n_layers=1, dim_feat=16, dim_rep=32, num_heads=2, n_frames=9).eval()
+    meta = build_metadata(model.config, None, "fp32", "decomposed", (1, 8, 64), None)
+    fp32 = export_onnx(model, tmp_path / "m.onnx", meta)
+    calib = np.abs(windows(16))  # all-positive inputs: an asymmetric quantiser would move the zero point
+    cpu = _zero_points(quantize_int8(fp32, tmp_path / "cpu.onnx", meta, calib, min_reduction=1))
+    trt = _zero_points(quantize_int8(fp32, tmp_path / "qdq.onnx", meta, calib, min_reduction=1, symmetric=True))
+    assert any(cpu), "the check would pass vacuously: the default quantiser made no non-zero zero point"
+    assert trt and not any(trt)
+    with pytest.raises(ValueError, match="calibration windows"):
+        quantize_int8(fp32, tmp_path / "x.onnx", meta, None, symmetric=True)

@@ -167,10 +167,9 @@ def build_plugin(tensorrt_include: Path | None = None, archs: str | Sequence[str
     ``cache_root()/KEY/libkasf_tensorrt_plugin.so``. A ``plugin.json`` beside it records the key's parts.
     """
     include = Path(tensorrt_include) if tensorrt_include else find_tensorrt_include()
-    lacks = missing_build_tools(include)
-    if lacks:
-        raise TensorRTPluginError(f"cannot build the TensorRT {PLUGIN_NAME} plugin here: missing {lacks}")
-    assert include is not None
+    if include is None or not (include / "NvInferRuntime.h").exists():
+        raise TensorRTPluginError(f"cannot build the TensorRT {PLUGIN_NAME} plugin here: missing "
+                                  f"{missing_build_tools(include)}")
     archs = normalise_archs(archs)
     version = header_tensorrt_version(include)
     if int(version.split(".")[0]) < MIN_TENSORRT_MAJOR:
@@ -183,7 +182,10 @@ def build_plugin(tensorrt_include: Path | None = None, archs: str | Sequence[str
     info = {"key": key, "source_sha256": sha, "tensorrt_version": version, "archs": list(archs),
             "tensorrt_include": str(include)}
     if library.exists() and _read_info(target).get("key") == key:
-        return library
+        return library  # built before: no compiler needed
+    lacks = missing_build_tools(include)
+    if lacks:
+        raise TensorRTPluginError(f"cannot build the TensorRT {PLUGIN_NAME} plugin here: missing {lacks}")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".build-", dir=target.parent) as scratch:
         build = Path(scratch) / "cmake"
