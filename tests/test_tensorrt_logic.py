@@ -25,9 +25,9 @@ from kasf.anatomy_op import tensorrt_plugin
 from kasf.artefact import INPUT_NAME, OUTPUT_NAME, write_sidecar
 from kasf.runtime.tensorrt_engine import EngineRunError, EngineRunner
 from kasf.tensorrt_api import CudaSession, CudaUnavailable, plan_batches, timing_cache_name
+from tests.conftest import TENSORRT_INCLUDE as TRT_INCLUDE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TRT_INCLUDE = REPO_ROOT.parent / "shared" / "third_party" / "tensorrt-10.16" / "include"
 
 
 # ---------------------------------------------------------------- fakes of pycuda.driver and a TensorRT context

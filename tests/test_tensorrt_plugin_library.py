@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, TENSORRT_INCLUDE
+from tests.conftest import TENSORRT_INCLUDE
 
-PLUGIN_SOURCES = REPO_ROOT / "cpp_ext" / "tensorrt"
 PROBE = Path(__file__).resolve().parent / "native" / "tensorrt_plugin_probe.cpp"
 CUDA_INCLUDE = Path("/usr/local/cuda/include")
 # What the exported ONNX node carries (kasf/anatomy_op/onnx_modes.py): TensorRT's parser looks a plugin up by op_type,
