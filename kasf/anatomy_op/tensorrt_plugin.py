@@ -186,19 +186,16 @@ def build_plugin(tensorrt_include: Path | None = None, archs: str | Sequence[str
     lacks = missing_build_tools(include)
     if lacks:
         raise TensorRTPluginError(f"cannot build the TensorRT {PLUGIN_NAME} plugin here: missing {lacks}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".build-", dir=target.parent) as scratch:
+    target.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".build-", dir=target) as scratch:
         build = Path(scratch) / "cmake"
         _run(["cmake", "-S", str(SOURCES / "tensorrt"), "-B", str(build), f"-DTENSORRT_INCLUDE_DIR={include}",
               f"-DCMAKE_CUDA_ARCHITECTURES={';'.join(archs)}", "-DCMAKE_BUILD_TYPE=Release"], "cmake configure")
         _run(["cmake", "--build", str(build), "-j", str(jobs or os.cpu_count() or 2)], "cmake build")
-        staged = Path(scratch) / "out"
-        staged.mkdir()
-        shutil.copy2(build / LIBRARY_NAME, staged / LIBRARY_NAME)
-        (staged / BUILD_INFO).write_text(json.dumps(info, indent=1) + "\n")
-        if target.exists():  # an older build in -o DIR, or a partial entry: replaced as a whole
-            shutil.rmtree(target)
-        os.replace(staged, target)
+        # Library first, its plugin.json last: an interrupted copy leaves no key that claims the library is current.
+        os.replace(build / LIBRARY_NAME, library)
+        (Path(scratch) / BUILD_INFO).write_text(json.dumps(info, indent=1) + "\n")
+        os.replace(Path(scratch) / BUILD_INFO, target / BUILD_INFO)
     return library
 
 
