@@ -14,7 +14,13 @@
 #            kasportsformer-t, -s and the released size; torch.compile (reduce-overhead) for -t only (it compiles
 #            for minutes on the released size)
 #   train    training steps/s (forward + backward + AdamW) at batch 64 and 256
-# Writes OUT_DIR/<step>.log, steps.jsonl, operator.json, lifter.json/.md, train.json, summary.md and summary.json.
+#   tensorrt where tensorrt and pycuda import (else it prints why and skips): engines of the demo checkpoint with
+#            their parity reports: fp32 dynamic batch, fp16, fixed --batch 4 fed 25 windows, INT8 calibrated on
+#            windows and from the calibration cache alone, and a --anatomy-op plugin engine loaded in a fresh
+#            process with no nvcc or cmake on PATH (benchmarks/gpu_tensorrt.py; up to 4 min per case, so the
+#            6-minute total holds only without TensorRT)
+# Writes OUT_DIR/<step>.log, steps.jsonl, operator.json, lifter.json/.md, train.json, tensorrt/ (a log per case,
+# tensorrt.json), summary.md and summary.json.
 # A failing step is recorded and the next one runs; the exit status is that of the worst step.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -59,6 +65,7 @@ step lifter_compile 60 "$PY" -m kasf.bench --device cuda --presets kasportsforme
     --json "$OUT/lifter_compile.json" --markdown "$OUT/lifter_compile.md"
 step train 50 "$PY" benchmarks/train_throughput.py --presets kasportsformer-t kasportsformer-s \
     --batch-size 64 256 --seconds 3 --json "$OUT/train.json"
+step tensorrt 1500 "$PY" benchmarks/gpu_tensorrt.py all "$OUT/tensorrt"
 "$PY" benchmarks/gpu_check.py summary "$OUT" > /dev/null
 echo "[gpu_check] summary: $OUT/summary.md (worst exit status $WORST)"
 exit "$WORST"

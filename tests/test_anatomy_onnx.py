@@ -129,37 +129,29 @@ def test_bad_mode_and_missing_op_are_clear(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_tensorrt_plugin_runs_the_exported_node(tmp_path: Path) -> None:
-    """Build an engine from a plugin-mode model and compare it with PyTorch (needs TensorRT and a GPU)."""
+    """A plugin-mode model through kasf's own engine build and Lifter, against PyTorch (needs TensorRT, a GPU and a
+    plugin library built, or the tools to build it once)."""
     trt = pytest.importorskip("tensorrt", reason="needs TensorRT (pip install tensorrt) and a CUDA GPU")
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU for TensorRT (none visible to torch here)")
     require_native_op()
     from kasf.anatomy_op import tensorrt_plugin
+    from kasf.artefact import build_metadata
+    from kasf.export.onnx_export import export_onnx
+    from kasf.export.tensorrt_build import BuildOptions, build_engine
+    from kasf.runtime import Lifter
+    from kasf.tensorrt_api import cuda_arch, cuda_session
 
-    lacks = tensorrt_plugin.missing()
-    if lacks:
-        pytest.skip(f"needs {lacks} to build the TensorRT plugin")
-    tensorrt_plugin.load_plugin()
+    try:
+        tensorrt_plugin.library_for_build(trt, cuda_arch(cuda_session().compute_capability))
+    except tensorrt_plugin.TensorRTPluginError as err:
+        pytest.skip(f"no TensorRT plugin library: {err}")
     model = _small_model()
-    _export(model, tmp_path / "p.onnx", "plugin", dynamo=False)
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    assert parser.parse((tmp_path / "p.onnx").read_bytes()), [str(parser.get_error(i)) for i in range(parser.num_errors)]
-    config = builder.create_builder_config()
-    profile = builder.create_optimization_profile()
-    profile.set_shape("keypoints2d", (1, 9, 17, 3), (4, 9, 17, 3), (8, 9, 17, 3))
-    config.add_optimization_profile(profile)
-    engine = trt.Runtime(logger).deserialize_cuda_engine(builder.build_serialized_network(network, config))
-    context = engine.create_execution_context()
-    x = _windows()[:4].cuda().contiguous()
-    out = torch.empty(4, 9, 17, 3, device="cuda")
-    context.set_input_shape("keypoints2d", tuple(x.shape))
-    context.set_tensor_address("keypoints2d", x.data_ptr())
-    context.set_tensor_address("pose3d", out.data_ptr())
-    assert context.execute_async_v3(torch.cuda.current_stream().cuda_stream)
-    torch.cuda.synchronize()
+    meta = build_metadata(model.config, None, "fp32", "plugin", (1, 4, 8), None)
+    export_onnx(model, tmp_path / "p.onnx", meta, anatomy_op="plugin")
+    engine = build_engine(tmp_path / "p.onnx", tmp_path / "p.engine", meta, BuildOptions(batch=(1, 4, 8)))
+    x = _windows()
+    got = Lifter.load(engine, device="cuda").predict(x.numpy())
     with torch.no_grad():
-        expected = model(x.cpu())
-    assert (out.cpu() - expected).abs().max().item() < 1e-4
+        expected = model(x).numpy()
+    assert np.abs(got - expected).max() < 1e-4

@@ -9,15 +9,16 @@ a CMake parameter and does not change the host code that is tested here.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, TENSORRT_INCLUDE
+from tests.conftest import TENSORRT_INCLUDE
 
-PLUGIN_SOURCES = REPO_ROOT / "cpp_ext" / "tensorrt"
 PROBE = Path(__file__).resolve().parent / "native" / "tensorrt_plugin_probe.cpp"
 CUDA_INCLUDE = Path("/usr/local/cuda/include")
 # What the exported ONNX node carries (kasf/anatomy_op/onnx_modes.py): TensorRT's parser looks a plugin up by op_type,
@@ -44,13 +45,30 @@ def _run(command: list[str], what: str) -> None:
 
 @pytest.fixture(scope="module")
 def plugin_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    build = tmp_path_factory.mktemp("trt-plugin")
-    _run(["cmake", "-S", str(PLUGIN_SOURCES), "-B", str(build), f"-DTENSORRT_INCLUDE_DIR={TENSORRT_INCLUDE}",
-          "-DCMAKE_CUDA_ARCHITECTURES=87", "-DCMAKE_BUILD_TYPE=Release"], "cmake configure")
-    _run(["cmake", "--build", str(build), "-j", "2"], "cmake build")
-    library = build / "libkasf_tensorrt_plugin.so"
-    assert library.exists()
+    """Built the way users build it: kasf's build entry point, which runs the CMake file."""
+    from kasf.anatomy_op.tensorrt_plugin import build_plugin
+
+    library = build_plugin(TENSORRT_INCLUDE, "87", output=tmp_path_factory.mktemp("trt-plugin"), jobs=2)
+    assert library.name == "libkasf_tensorrt_plugin.so" and library.exists()
     return library
+
+
+def test_build_is_keyed_and_not_repeated(plugin_library: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kasf.anatomy_op import tensorrt_plugin
+
+    info = tensorrt_plugin.build_info(plugin_library)
+    assert info["tensorrt_version"] == tensorrt_plugin.header_tensorrt_version(TENSORRT_INCLUDE)
+    assert info["archs"] == ["87"] and info["source_sha256"] == tensorrt_plugin.source_hash()
+    assert info["key"] == tensorrt_plugin.build_key(info["source_sha256"], info["tensorrt_version"], ["87"])
+    before = plugin_library.stat().st_mtime_ns
+    # The command line, on a library already built: it prints the path and runs no compiler.
+    result = subprocess.run([sys.executable, "-m", "kasf.anatomy_op.tensorrt_plugin", "build", "--tensorrt-include",
+                             str(TENSORRT_INCLUDE), "--arch", "8.7", "-o", str(plugin_library.parent)],
+                            capture_output=True, text=True, timeout=120, env={**os.environ, "PATH": ""})
+    assert result.returncode == 0 and result.stdout.strip() == str(plugin_library), result.stderr
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("rebuilt an up-to-date library"))
+    assert tensorrt_plugin.build_plugin(TENSORRT_INCLUDE, "87", output=plugin_library.parent) == plugin_library
+    assert plugin_library.stat().st_mtime_ns == before
 
 
 @pytest.fixture(scope="module")

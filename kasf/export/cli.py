@@ -237,10 +237,11 @@ def _build_engine(args: argparse.Namespace, model: Any, onnx_path: Path, engine_
             source = export_onnx(model, onnx_path.with_suffix(".fp16.onnx"), meta("fp16"), opset=args.opset or 17,
                                  batch=args.batch, anatomy_op=anatomy_op, half=True)
         else:
-            source = quantize_int8(onnx_path, onnx_path.with_suffix(".qdq.onnx"), meta("int8"), calib)
+            source = quantize_int8(onnx_path, onnx_path.with_suffix(".qdq.onnx"), meta("int8"), calib,
+                                   symmetric=True)
     batch = (args.batch,) * 3 if args.batch else args.batch_range
     options = BuildOptions(precision=precision, batch=batch, workspace_gb=args.workspace or 4.0,
-                           timing_cache=engine_path.parent / "kasf.timing.cache",
+                           timing_cache_dir=engine_path.parent,
                            calibration=calib if precision == "int8" else None,
                            calibration_cache=engine_path.with_suffix(".calib.cache"))
     return build_engine(source, engine_path, meta(precision), options)

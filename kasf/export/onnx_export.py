@@ -131,17 +131,23 @@ def _narrow_matmuls(proto, min_reduction: int) -> list[str]:
 
 def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, metadata: Mapping[str, str],
                   calibration: Iterable[np.ndarray] | np.ndarray | None = None,
-                  min_reduction: int = MIN_INT8_REDUCTION) -> Path:
+                  min_reduction: int = MIN_INT8_REDUCTION, symmetric: bool = False) -> Path:
     """INT8 ONNX for CPUs: weights of MatMul/Gemm with a reduction of at least ``min_reduction`` in int8.
 
     Without calibration windows, activations are quantised dynamically per batch (quantize_dynamic); with them,
     static QDQ quantisation calibrated on those windows. Attention softmax, LayerNorm and the graph mixer's
     similarity top-k stay in float, which keeps the MPJPE change small.
+
+    ``symmetric`` (static QDQ only) gives activations and weights zero point 0: TensorRT's ONNX importer accepts
+    nothing else ("only supports symmetric quantization"), so the Q/DQ graph TensorRT >= 11 builds INT8 from
+    needs it; ONNX Runtime on CPUs does better with the default asymmetric activations.
     """
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     int8_path = Path(int8_path)
+    if symmetric and calibration is None:
+        raise ValueError("symmetric INT8 (for TensorRT) is static quantisation: it needs calibration windows")
     keep_float = _narrow_matmuls(onnx.load(str(fp32_path)), min_reduction)
     with _atomic_output(int8_path) as tmp:
         if calibration is None:
@@ -151,7 +157,8 @@ def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, me
             windows = np.asarray(calibration, dtype=np.float32)
             quantize_static(str(fp32_path), str(tmp), _WindowReader(windows, 8), quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                            op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=keep_float)
+                            op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=keep_float,
+                            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True})
         proto = onnx.load(str(tmp))
         _set_metadata(proto, metadata)
         onnx.save(proto, str(tmp))

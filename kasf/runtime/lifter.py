@@ -3,7 +3,8 @@
 - a checkpoint (kasf or reference layout, or the name ``demo``): PyTorch; on a GPU its forward is captured in CUDA
   graphs (kasf.runtime.cuda_graphs), optionally torch.compile;
 - an ``.onnx``: ONNX Runtime with the TensorRT, CUDA or CPU execution provider;
-- an ``.engine``: TensorRT with pycuda buffers (metadata from the sidecar JSON);
+- an ``.engine``: TensorRT with pycuda buffers in the primary CUDA context, batches fitted to the engine's
+  profile (kasf.runtime.tensorrt_engine; metadata from the sidecar JSON).
 - a ``triton://HOST:PORT/MODEL`` address: a model on a Triton Inference Server (``kasf/runtime/triton_client.py``).
 
 The device asked for is the device used: if ONNX Runtime or PyTorch would quietly run on the CPU instead of the
@@ -255,54 +256,38 @@ def _pad_to_batch(run: Callable[[np.ndarray], np.ndarray], batch: int) -> Callab
 
 
 def _load_tensorrt(path: Path, device: str, precision: str | None) -> Lifter:
-    from kasf.tensorrt_api import import_tensorrt
+    """Deserialise an engine in the primary CUDA context (shared with PyTorch); never compiles anything: a plugin
+    engine loads the plugin library built beforehand (kasf.anatomy_op.tensorrt_plugin)."""
+    from kasf.anatomy_op.tensorrt_plugin import TensorRTPluginError, library_for_engine, register_plugin
+    from kasf.runtime.tensorrt_engine import EngineRunner
+    from kasf.tensorrt_api import CudaUnavailable, cuda_session, import_tensorrt, profile_batch_range
 
     if device == "cpu":
         raise LifterError("a TensorRT engine runs on a CUDA GPU; device='cpu' cannot run it")
     trt = import_tensorrt()
-    try:
-        import pycuda.autoinit  # noqa: F401
-        import pycuda.driver as cuda
-    except ImportError:
-        raise LifterError("pycuda is not installed: pip install pycuda (needs the CUDA toolkit)") from None
     side = sidecar_path(path)
     if not side.exists():
         raise LifterError(f"{path}: its metadata sidecar {side.name} is missing (export with kasf-export)")
     meta = parse_metadata(read_sidecar(path))
     if precision and precision != meta["precision"]:
         raise LifterError(f"{path.name} was built for {meta['precision']}, not {precision}")
-    built_with = meta.get("tensorrt_version", "")
+    try:
+        session = cuda_session()
+        if meta.get("anatomy_op") == "plugin":
+            register_plugin(trt, library_for_engine(trt, meta))
+    except (CudaUnavailable, TensorRTPluginError) as err:
+        raise LifterError(f"{path.name}: {err}") from None
     logger = trt.Logger(trt.Logger.WARNING)
-    if meta.get("anatomy_op") == "plugin":
-        from kasf.anatomy_op.tensorrt_plugin import register_plugin
-
-        register_plugin(trt, None)
-    engine = trt.Runtime(logger).deserialize_cuda_engine(path.read_bytes())
-    if engine is None:
-        raise LifterError(f"{path}: TensorRT {trt.__version__} on {cuda.Device(0).name()} cannot load this engine "
-                          f"(built with TensorRT {built_with or '?'} on {meta.get('gpu') or '?'}); rebuild it here "
-                          "with kasf-export --format engine")
-    context = engine.create_execution_context()
-    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    output_name = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
-    max_batch = int(engine.get_tensor_profile_shape(INPUT_NAME, 0)[2][0])
-    stream = cuda.Stream()
-    buffers: dict[int, tuple[Any, Any, np.ndarray]] = {}
-
-    def run(windows: np.ndarray) -> np.ndarray:
-        n = len(windows)
-        if n not in buffers:
-            out_host = cuda.pagelocked_empty(windows.shape, np.float32)
-            buffers[n] = (cuda.mem_alloc(windows.nbytes), cuda.mem_alloc(out_host.nbytes), out_host)
-        d_in, d_out, h_out = buffers[n]
-        context.set_input_shape(INPUT_NAME, windows.shape)
-        context.set_tensor_address(INPUT_NAME, int(d_in))
-        context.set_tensor_address(output_name, int(d_out))
-        cuda.memcpy_htod_async(d_in, windows, stream)
-        if not context.execute_async_v3(stream.handle):
-            raise LifterError("TensorRT execution failed")
-        cuda.memcpy_dtoh_async(h_out, d_out, stream)
-        stream.synchronize()
-        return h_out.copy()
-
-    return Lifter(run, "tensorrt", "cuda", meta["precision"], meta["n_frames"], meta, max_batch=max_batch)
+    with session.activate():
+        runtime = trt.Runtime(logger)
+        engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        if engine is None:
+            built = f"TensorRT {meta.get('tensorrt_version') or '?'} on {meta.get('gpu') or '?'}"
+            raise LifterError(f"{path}: TensorRT {trt.__version__} on {session.gpu_name} cannot load this engine "
+                              f"(built with {built}); rebuild it here with kasf-export --format engine")
+        context = engine.create_execution_context()
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        output_name = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+        low, _, high = profile_batch_range(engine.get_tensor_profile_shape(INPUT_NAME, 0))
+    runner = EngineRunner(session, context, output_name, low, high, keep=(runtime, engine))
+    return Lifter(runner, "tensorrt", "cuda", meta["precision"], meta["n_frames"], meta, max_batch=high)
