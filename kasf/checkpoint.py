@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,6 +22,7 @@ import torch
 
 from kasf import skeleton
 from kasf._version import __version__
+from kasf.atomic import atomic_path
 from kasf.conventions import NORMALIZATION_NAME
 from kasf.model.kasportsformer import KASportsFormer
 from kasf.model.presets import PRESETS, model_config
@@ -197,15 +197,8 @@ def load_checkpoint(path: str | os.PathLike, preset_or_config: str | os.PathLike
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(path: str | os.PathLike, model: KASportsFormer, preset: str | None = None,

@@ -17,10 +17,13 @@ lift, post (smoothing, units), output.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
@@ -319,18 +322,21 @@ def run(source: Source | Iterable[Frame], pipeline: Pipeline, detector: Detector
             result.poses.extend(poses)
 
     try:
-        for frame in source:
-            stats.frames_in += 1
-            stats.add("capture", frame.capture_ms)
-            if frame.image is not None and frame.keypoints is None:
-                if detector is None:
-                    raise ValueError("image frames need a 2D detector (--detector rtmlib or mediapipe)")
-                start = time.perf_counter()
-                frame.keypoints, frame.scores = detector(frame.image)
-                stats.add("2d", (time.perf_counter() - start) * 1000)
-            emit(pipeline.step(frame), frame)
-            if max_frames is not None and stats.frames_in >= max_frames:
-                break
+        with _ctrl_c_between_frames() as stop_requested:
+            for frame in source:
+                stats.frames_in += 1
+                stats.add("capture", frame.capture_ms)
+                if frame.image is not None and frame.keypoints is None:
+                    if detector is None:
+                        raise ValueError("image frames need a 2D detector (--detector rtmlib or mediapipe)")
+                    start = time.perf_counter()
+                    frame.keypoints, frame.scores = detector(frame.image)
+                    stats.add("2d", (time.perf_counter() - start) * 1000)
+                emit(pipeline.step(frame), frame)
+                if stop_requested():
+                    raise KeyboardInterrupt
+                if max_frames is not None and stats.frames_in >= max_frames:
+                    break
     except KeyboardInterrupt:
         result.interrupted = True
     except Exception as err:
@@ -342,6 +348,33 @@ def run(source: Source | Iterable[Frame], pipeline: Pipeline, detector: Detector
         result.error = str(err)
     _close(source, sinks, pipeline, emit, stats, wall)
     return result
+
+
+@contextlib.contextmanager
+def _ctrl_c_between_frames() -> Iterator[Callable[[], bool]]:
+    """Ctrl-C while a frame is in the pipeline ends the stream after that frame, not inside it.
+
+    Why: a KeyboardInterrupt raised in the middle of a lift would lose the poses being lifted (they have left the
+    track's pending list but not yet reached the outputs), so a frame that was read would never come out. The
+    first Ctrl-C only asks to stop; the frame in hand is finished, then the stream ends and every pose still due
+    is flushed. A second Ctrl-C interrupts at once (for a source that blocks). Off the main thread, where Python
+    delivers no signals, nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    requested = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def ask_to_stop(signum: int, frame: Any) -> None:
+        requested.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGINT, ask_to_stop)
+    try:
+        yield requested.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
 
 
 def _close(source: Any, sinks: list[Sink], pipeline: Pipeline, emit: Any, stats: Stats, wall: float) -> None:

@@ -12,12 +12,12 @@ import os
 import pickle
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from kasf.atomic import atomic_path
 from kasf.checkpoint import CheckpointError
 from kasf.data.sources import SourceError
 from kasf.training.config import ConfigError
@@ -34,15 +34,8 @@ def _fail(err: Exception) -> int:
 def write_source_pickle(data: dict, path: str | os.PathLike) -> Path:
     """Write a source dict as a pickle (temporary name, then renamed)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(data, f, protocol=4)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        pickle.dump(data, f, protocol=4)
     return path
 
 
