@@ -138,7 +138,10 @@ def _resolve_config(preset_or_config: str | os.PathLike | Mapping[str, Any]) -> 
             loaded = yaml.safe_load(f)
         if not isinstance(loaded, Mapping):
             raise CheckpointError(f"{text}: a config must be a YAML mapping")
-        return model_config(loaded), None
+        try:
+            return model_config(loaded), None
+        except ValueError as err:
+            raise CheckpointError(f"{text}: {err}") from None
     raise CheckpointError(f"{text!r} is neither a preset ({', '.join(PRESETS)}) nor a YAML config path")
 
 

@@ -61,3 +61,68 @@ def test_keypoint_shape_error_names_the_shape_given():
         KeypointSource(np.zeros((50, 17, 3)), np.zeros((50, 17)), (640, 480), 30)
     with pytest.raises(SourceError, match=r"'scores' must be \(50, 17\).*got \(50, 16\)"):
         KeypointSource(np.zeros((50, 17, 2)), np.zeros((50, 16)), (640, 480), 30)
+
+
+# --- config values checked against their type --------------------------------------------------------------------
+
+TINY_MODEL = dict(model_name="KASportsFormer", n_layers=1, dim_feat=16, dim_rep=32, num_heads=2, n_frames=9)
+
+
+@pytest.fixture(scope="module")
+def reference_layout_tiny(tmp_path_factory) -> Path:
+    """A tiny model saved as the reference implementation saves (DataParallel 'module.' keys, no architecture)."""
+    import torch
+
+    from kasf.model.presets import build
+
+    model = build(TINY_MODEL)
+    path = tmp_path_factory.mktemp("ref") / "tiny.pth"
+    torch.save({"model": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
+    return path
+
+
+def test_reference_yaml_with_pyyaml_string_numbers_loads(reference_layout_tiny, tmp_path):
+    from kasf.checkpoint import load_checkpoint
+
+    config = tmp_path / "ref.yaml"
+    config.write_text("".join(f"{k}: {v}\n" for k, v in TINY_MODEL.items()) + "layer_scale_init_value: 1e-05\n"
+                      "learning_rate: 5e-4\nmlp_ratio: '4'\n")
+    model = load_checkpoint(reference_layout_tiny, str(config))
+    assert model.config["layer_scale_init_value"] == 1e-05 and model.config["mlp_ratio"] == 4
+
+
+def test_wrong_model_value_type_is_one_line_in_export(reference_layout_tiny, tmp_path, capsys):
+    from kasf.export.cli import main
+
+    config = tmp_path / "ref.yaml"
+    config.write_text("".join(f"{k}: {v}\n" for k, v in TINY_MODEL.items() if k != "num_heads") + "num_heads: eight\n")
+    assert main([str(reference_layout_tiny), "--config", str(config), "-o", str(tmp_path / "x.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err
+    assert err.startswith("kasf-export: error: ") and "ref.yaml" in err
+    assert "'num_heads' expects int, got 'eight'" in err
+
+
+@pytest.mark.parametrize("override, message", [
+    ("batch_size=abc", "'batch_size' expects int, got 'abc'"),
+    ("flip=7", "'flip' expects bool, got 7"),
+    ("learning_rate=fast", "'learning_rate' expects float, got 'fast'"),
+    ("dim_feat=1.5", "'dim_feat' expects int, got 1.5"),
+    ("use_anatomy=maybe", "'use_anatomy' expects bool, got 'maybe'"),
+])
+def test_every_training_and_model_key_is_type_checked(override, message):
+    from kasf.training.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_config(None, ["source_file=x.pkl", override])
+
+
+def test_numeric_strings_are_numbers_in_training_configs(tmp_path):
+    from kasf.training.config import load_config
+
+    config = tmp_path / "c.yaml"
+    config.write_text("preset: kasportsformer-t\nsource_file: x.pkl\nlearning_rate: 5e-4\nweight_decay: 1e-2\n"
+                      "layer_scale_init_value: 1e-05\nbatch_size: '8'\n")
+    cfg = load_config(config)
+    assert (cfg.learning_rate, cfg.weight_decay, cfg.batch_size) == (5e-4, 1e-2, 8)
+    assert cfg.model_dict()["layer_scale_init_value"] == 1e-05

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 import torch
 
 from kasf.model.kasportsformer import KASportsFormer
+from kasf.typed_config import coerce_value
 
 _SIZES: dict[str, dict[str, Any]] = {
     # suffix: layers, width, representation, heads. "" is the released configuration (all four checkpoints).
@@ -36,6 +37,9 @@ PRESET_NOTES = {
 }
 
 MODEL_KEYS: frozenset[str] = frozenset(inspect.signature(KASportsFormer.__init__).parameters) - {"self"}
+# Each model key's declared type, as the constructor's annotation text ('float', 'float | None', ...).
+MODEL_KEY_TYPES: dict[str, str] = {k: str(p.annotation) for k, p in
+                                   inspect.signature(KASportsFormer.__init__).parameters.items() if k != "self"}
 _MODEL_NAMES = {"kasportsformer": True, "motionagformer": False}
 
 
@@ -43,7 +47,8 @@ def model_config(preset_or_config: str | Mapping[str, Any], **overrides: Any) ->
     """The full constructor config for a preset name or a (reference-style) config mapping.
 
     Training keys of a reference YAML (learning_rate, batch_size, ...) are ignored here; ``model_name``
-    picks KASportsFormer or MotionAGFormer.
+    picks KASportsFormer or MotionAGFormer. Every value is checked against its key's type (numeric strings such
+    as PyYAML's '1e-05' become numbers); a misfit raises :class:`~kasf.typed_config.ConfigTypeError`.
     """
     if isinstance(preset_or_config, str):
         if preset_or_config not in PRESETS:
@@ -70,7 +75,14 @@ def _complete(config: dict[str, Any]) -> dict[str, Any]:
     full = {**defaults, **config}
     if not isinstance(full["act_layer"], str):
         full["act_layer"] = full["act_layer"].__name__.lower()
-    return full
+    return {key: check_model_value(key, value) for key, value in full.items()}
+
+
+def check_model_value(key: str, value: Any) -> Any:
+    """``value`` as model key ``key``'s declared type (an activation may also be given as its class)."""
+    if key == "act_layer" and not isinstance(value, str):
+        return value
+    return coerce_value(key, value, MODEL_KEY_TYPES[key])
 
 
 def build(preset_or_config: str | Mapping[str, Any] = "kasportsformer", **overrides: Any) -> KASportsFormer:

@@ -17,7 +17,8 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from kasf.model.presets import MODEL_KEYS, PRESETS, model_config
+from kasf.model.presets import MODEL_KEYS, PRESETS, check_model_value, model_config
+from kasf.typed_config import ConfigTypeError, coerce_value
 
 
 class ConfigError(ValueError):
@@ -108,34 +109,15 @@ _ALIASES = {"checkpoint_dir": "output_dir", "num_cpus": None, "lambda_3d_velocit
 
 
 def _coerce(value: Any, name: str, where: str) -> Any:
-    target = _FIELDS[name].type
-    if value is None or name == "model":
-        return value
-    text = str(target)
+    """A training key's value as its declared type (the rule of kasf.typed_config, shared with the model keys)."""
+    if name == "model":
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: key 'model' expects a mapping of model keys, got {value!r}")
+        return dict(value)
     try:
-        if text.startswith("bool"):
-            if isinstance(value, str):
-                if value.lower() in ("true", "1", "yes", "on"):
-                    return True
-                if value.lower() in ("false", "0", "no", "off"):
-                    return False
-                raise ValueError(value)
-            return bool(value)
-        if text.startswith("int"):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
-        if text.startswith("float"):
-            return float(value)
-        if text.startswith("list"):
-            if isinstance(value, str):
-                return [v for v in value.split(",") if v]
-            return [str(v) for v in value]
-        if text.startswith("str"):
-            return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: key '{name}' expects {text}, got {value!r}") from None
-    return value
+        return coerce_value(name, value, str(_FIELDS[name].type))
+    except ConfigTypeError as err:
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def config_from_mapping(raw: Mapping[str, Any], where: str = "config", base: TrainConfig | None = None,
@@ -151,9 +133,10 @@ def config_from_mapping(raw: Mapping[str, Any], where: str = "config", base: Tra
     for key, value in values.items():
         key = str(key)
         if key in MODEL_KEYS and key not in _FIELDS:
-            if value == "None":
-                value = None
-            cfg.model[key] = value
+            try:
+                cfg.model[key] = check_model_value(key, value)
+            except ConfigTypeError as err:
+                raise ConfigError(f"{where}: {err}") from None
         elif key in _FIELDS:
             setattr(cfg, key, _coerce(value, key, where))
         elif key in REFERENCE_BOOKKEEPING:
