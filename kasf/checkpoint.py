@@ -68,6 +68,12 @@ def _read_torch_file(path: Path, allow_pickle: bool) -> Any:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {err}") from None
 
 
+def read_raw_checkpoint(path: str | os.PathLike, allow_pickle: bool = False) -> Any:
+    """The object a checkpoint file holds, as saved; a missing, truncated or corrupt file is one CheckpointError
+    (or FileNotFoundError) naming the file."""
+    return _read_torch_file(Path(path), allow_pickle)
+
+
 def _strip_prefixes(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     out = {}
     for key, value in state_dict.items():

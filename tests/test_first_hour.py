@@ -126,3 +126,119 @@ def test_numeric_strings_are_numbers_in_training_configs(tmp_path):
     cfg = load_config(config)
     assert (cfg.learning_rate, cfg.weight_decay, cfg.batch_size) == (5e-4, 1e-2, 8)
     assert cfg.model_dict()["layer_scale_init_value"] == 1e-05
+
+
+# --- training faults ---------------------------------------------------------------------------------------------
+
+from tests.test_training_run import TINY, _rows, source  # noqa: E402,F401  (source: the shared fixture)
+
+
+def _train_args(source, tmp_path, *extra):
+    return TINY + [f"source_file={source}", "data_flavour=generic", f"cache_dir={tmp_path / 'cache'}",
+                   f"output_dir={tmp_path / 'run'}", "seed=1", *extra]
+
+
+def test_ctrl_c_in_training_saves_the_step_and_resumes_mid_epoch(source, tmp_path, monkeypatch, capsys):
+    import torch
+
+    from kasf.training import engine
+    from kasf.training.cli import train_main
+
+    calls = []
+    real_loss, real_loader = engine.total_loss, engine.TrainingData.loader
+
+    def loader(self, epoch, *a, **k):
+        calls.append(f"epoch {epoch}")
+        return real_loader(self, epoch, *a, **k)
+
+    def loss_then_ctrl_c(*args, **kwargs):
+        calls.append("step")
+        if calls[-3:] == ["epoch 1", "step", "step"]:  # the second step of epoch 2
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "total_loss", loss_then_ctrl_c)
+    monkeypatch.setattr(engine.TrainingData, "loader", loader)
+    args = _train_args(source, tmp_path, "epochs=3", "batch_size=48")
+    assert train_main(args) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err and "saved" in err and "latest.pt" in err
+    state = torch.load(tmp_path / "run" / "latest.pt", weights_only=False)["training_state"]
+    steps_per_epoch = state["global_step"] - state["batches_done"]
+    assert state["epoch"] == 1 and state["batches_done"] == 2 < steps_per_epoch
+
+    monkeypatch.setattr(engine, "total_loss", real_loss)
+    assert train_main(args) == 0
+    assert "continuing in epoch 2 after batch" in capsys.readouterr().out
+    rows = _rows(tmp_path / "run" / "log.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert [int(r["step"]) for r in rows] == [steps_per_epoch * e for e in (1, 2, 3)]  # no batch lost or redone
+    assert all(r["loss_total"] for r in rows)
+
+
+def test_truncated_latest_is_one_line_that_says_what_to_do(source, tmp_path, capsys):
+    from kasf.training.cli import train_main
+
+    args = _train_args(source, tmp_path, "epochs=1")
+    assert train_main(args) == 0
+    latest = tmp_path / "run" / "latest.pt"
+    latest.write_bytes(latest.read_bytes()[:1000])
+    capsys.readouterr()
+    assert train_main(args[:-1] + ["epochs=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kasf-train: error: ") and err.count("\n") == 0 and "Traceback" not in err
+    assert str(latest) in err and "resume=false" in err
+
+
+def test_rerunning_a_finished_run_appends_nothing(source, tmp_path, capsys):
+    from kasf.training.cli import train_main
+
+    args = _train_args(source, tmp_path, "epochs=2")
+    assert train_main(args) == 0
+    before = (tmp_path / "run" / "log.csv").read_text()
+    capsys.readouterr()
+    assert train_main(args) == 0
+    assert "finished" in capsys.readouterr().out
+    assert (tmp_path / "run" / "log.csv").read_text() == before
+    assert train_main(args[:-1] + ["epochs=3"]) == 0
+    assert "continuing with epoch 3" in capsys.readouterr().out  # counted from 1, as log.csv and the bar count
+    rows = _rows(tmp_path / "run" / "log.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"] and all(r["loss_total"] for r in rows)
+
+
+def test_log_rows_keep_the_file_columns(tmp_path):
+    from kasf.training.config import TrainConfig
+    from kasf.training.engine import Logs
+
+    logs = Logs(TrainConfig(use_tensorboard=False), tmp_path, True)
+    logs.write({"epoch": 1, "loss_total": 0.5, "val_mpjpe": 90.0})
+    Logs(TrainConfig(use_tensorboard=False), tmp_path, True).write({"epoch": 2, "val_mpjpe": 80.0})
+    rows = _rows(tmp_path / "log.csv")
+    assert rows[1] == {"epoch": "2", "loss_total": "", "val_mpjpe": "80.0"}
+
+
+def test_resume_restores_numpy_random_state(source, tmp_path, monkeypatch):
+    import torch
+
+    from kasf.training import engine
+    from kasf.training.cli import train_main
+
+    args = _train_args(source, tmp_path, "epochs=1")
+    assert train_main(args) == 0
+    latest = tmp_path / "run" / "latest.pt"
+    raw = torch.load(latest, weights_only=False)
+    name, keys, pos, has_gauss, gauss = np.random.RandomState(12345).get_state()
+    raw["training_state"]["numpy_rng"] = {"name": name, "keys": keys.tolist(), "pos": int(pos),
+                                          "has_gauss": int(has_gauss), "gauss": float(gauss)}
+    torch.save(raw, latest)
+    seen = []
+    real_loader = engine.TrainingData.loader
+
+    def spy(self, epoch, *a, **k):
+        if epoch == 1:
+            seen.append(np.random.get_state()[1].copy())
+        return real_loader(self, epoch, *a, **k)
+
+    monkeypatch.setattr(engine.TrainingData, "loader", spy)
+    assert train_main(args[:-1] + ["epochs=2"]) == 0
+    assert np.array_equal(seen[0], keys)

@@ -17,18 +17,16 @@ lift, post (smoothing, units), output.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Iterable, Protocol
 
 import numpy as np
 
 from kasf import skeleton
 from kasf.conventions import NORMALIZATION_NAME, flip_pose, to_millimetres
+from kasf.interrupts import ctrl_c_deferred
 from kasf.runtime.sources import Frame, Source
 from kasf.runtime.tracking import Track, Tracker
 
@@ -300,7 +298,8 @@ def run(source: Source | Iterable[Frame], pipeline: Pipeline, detector: Detector
     """Drive the pipeline over a source until it ends, fails or is interrupted; outputs are always flushed.
 
     A source error (camera lost, unreadable file) or Ctrl-C ends the loop; poses already due are still
-    emitted and written, sinks are closed, and the result says what happened.
+    emitted and written, sinks are closed, and the result says what happened. Ctrl-C takes effect between frames
+    (kasf.interrupts), so every frame that was read comes out as a pose.
     """
     sinks = sinks or []
     stats = pipeline.stats
@@ -322,7 +321,7 @@ def run(source: Source | Iterable[Frame], pipeline: Pipeline, detector: Detector
             result.poses.extend(poses)
 
     try:
-        with _ctrl_c_between_frames() as stop_requested:
+        with ctrl_c_deferred() as stop_requested:  # a frame in hand is finished, then the stream ends
             for frame in source:
                 stats.frames_in += 1
                 stats.add("capture", frame.capture_ms)
@@ -348,33 +347,6 @@ def run(source: Source | Iterable[Frame], pipeline: Pipeline, detector: Detector
         result.error = str(err)
     _close(source, sinks, pipeline, emit, stats, wall)
     return result
-
-
-@contextlib.contextmanager
-def _ctrl_c_between_frames() -> Iterator[Callable[[], bool]]:
-    """Ctrl-C while a frame is in the pipeline ends the stream after that frame, not inside it.
-
-    Why: a KeyboardInterrupt raised in the middle of a lift would lose the poses being lifted (they have left the
-    track's pending list but not yet reached the outputs), so a frame that was read would never come out. The
-    first Ctrl-C only asks to stop; the frame in hand is finished, then the stream ends and every pose still due
-    is flushed. A second Ctrl-C interrupts at once (for a source that blocks). Off the main thread, where Python
-    delivers no signals, nothing changes.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
-        return
-    requested = threading.Event()
-    previous = signal.getsignal(signal.SIGINT)
-
-    def ask_to_stop(signum: int, frame: Any) -> None:
-        requested.set()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    signal.signal(signal.SIGINT, ask_to_stop)
-    try:
-        yield requested.is_set
-    finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
 
 
 def _close(source: Any, sinks: list[Sink], pipeline: Pipeline, emit: Any, stats: Stats, wall: float) -> None:
