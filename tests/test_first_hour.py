@@ -242,3 +242,166 @@ def test_resume_restores_numpy_random_state(source, tmp_path, monkeypatch):
     monkeypatch.setattr(engine.TrainingData, "loader", spy)
     assert train_main(args[:-1] + ["epochs=2"]) == 0
     assert np.array_equal(seen[0], keys)
+
+
+# --- kasf-info --presets is instant, and its stored numbers are what the models count -----------------------------
+
+def test_presets_table_is_instant():
+    import time
+
+    from kasf.info import main
+
+    start = time.perf_counter()
+    assert main(["--presets"]) == 0
+    assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize("name", ["kasportsformer", "kasportsformer-b", "kasportsformer-s", "kasportsformer-xs",
+                                  "kasportsformer-t", "motionagformer", "motionagformer-b", "motionagformer-s",
+                                  "motionagformer-xs", "motionagformer-t"])
+def test_stored_preset_costs_are_counted(name):
+    from kasf.model.presets import PRESET_COSTS, PRESETS, build, count_parameters, gflops_per_window
+
+    assert set(PRESET_COSTS) == set(PRESETS)
+    model = build(name)
+    parameters, gflops = PRESET_COSTS[name]
+    assert count_parameters(model) == parameters
+    assert gflops_per_window(model) == pytest.approx(gflops, abs=1e-4)
+
+
+def test_eval_shows_progress_and_prefixes_errors(source, tmp_path, capsys):
+    from kasf.training.cli import eval_main
+
+    assert eval_main(["--checkpoint", "demo", "--source", str(source), "--batch-size", "4",
+                      "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "evaluating" in capsys.readouterr().err
+    assert eval_main(["--checkpoint", str(tmp_path / "none.pt"), "--source", str(source)]) == 2
+    assert capsys.readouterr().err.startswith("kasf-eval: error: ")
+
+
+# --- files others can read ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_atomic_writes_get_the_umask_mode(tmp_path, umask):
+    from kasf.checkpoint import save_checkpoint
+    from kasf.export.onnx_export import export_onnx
+    from kasf.model.presets import build
+    from kasf.training.cli import write_source_pickle
+
+    model = build(TINY_MODEL)
+    old = os.umask(umask)
+    try:
+        written = [save_checkpoint(tmp_path / "best.pt", model),
+                   write_source_pickle({"train": {}}, tmp_path / "source.pkl"),
+                   export_onnx(model, tmp_path / "m.onnx", {"config": "{}"})]
+    finally:
+        os.umask(old)
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+
+
+# --- one line for a path that cannot be written -------------------------------------------------------------------
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")
+def test_export_into_a_read_only_folder_is_one_line(tmp_path, capsys):
+    from kasf.export.cli import main
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        assert main(["demo", "-o", str(folder / "demo.onnx")]) == 2
+    finally:
+        folder.chmod(0o755)
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "permission denied" in err and str(folder / "demo.onnx") in err
+
+
+def test_read_only_output_names_the_target_not_a_temporary(tmp_path, monkeypatch):
+    import tempfile
+
+    from kasf.atomic import atomic_path
+    from kasf.cli_errors import error_line
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / ".x.onnx.abc.tmp.onnx"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(PermissionError) as err:
+        with atomic_path(tmp_path / "x.onnx"):
+            pass
+    assert error_line(err.value) == (f"{tmp_path / 'x.onnx'}: permission denied; choose a place you may write to "
+                                     "(or read from), or fix its permissions")
+
+
+def test_export_under_a_file_is_one_line(tmp_path, capsys):
+    from kasf.export.cli import main
+
+    (tmp_path / "afile").write_text("x")
+    assert main(["demo", "-o", str(tmp_path / "afile" / "sub" / "demo.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kasf-export: error: ") and err.count("\n") == 0 and "choose another output path" in err
+
+
+def test_training_output_under_a_file_is_one_line(source, tmp_path, capsys):
+    from kasf.training.cli import train_main
+
+    (tmp_path / "afile").write_text("x")
+    args = TINY + [f"source_file={source}", f"cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'afile'}",
+                   "epochs=1"]
+    assert train_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kasf-train: error: ") and err.count("\n") == 0 and "afile" in err
+
+
+# --- kasf-stream: the flag its own message names, and no third-party noise -----------------------------------------
+
+def _stream(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "kasf.runtime.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_allow_cpu_fallback_is_a_kasf_stream_flag(tmp_path, capsys):
+    import torch
+
+    from kasf.runtime.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this checks the machine without a GPU")
+    assert main(["--device", "cuda", "--max-frames", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "--allow-cpu-fallback" in err
+    assert main(["--device", "cuda", "--allow-cpu-fallback", "--max-frames", "30", "--stats",
+                 str(tmp_path / "s.json")]) == 0
+    assert '"device": "cpu"' in (tmp_path / "s.json").read_text()
+
+
+def test_missing_camera_is_one_line_without_opencv_noise():
+    pytest.importorskip("cv2")
+    done = _stream("--camera", "7", "--max-frames", "1")
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("kasf-stream: error: cannot open camera 7"), done.stderr
+
+
+def test_third_party_noise_is_hidden_unless_verbose(caplog):
+    import logging
+    import warnings
+
+    from torch.jit import TracerWarning
+
+    from kasf.quiet import quiet_third_party
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        quiet_third_party(verbose=True)
+        warnings.warn("Converting a tensor to a Python boolean", TracerWarning)
+        assert len(seen) == 1
+        quiet_third_party(verbose=False)
+        warnings.warn("Converting a tensor to a Python boolean", TracerWarning)
+        assert len(seen) == 1
+    with caplog.at_level(logging.WARNING):
+        logging.warning("Please consider to run pre-processing before quantization. Refer to example: ...")
+        logging.warning("a warning kasf users need")
+    assert [r.getMessage() for r in caplog.records] == ["a warning kasf users need"]

@@ -36,6 +36,21 @@ PRESET_NOTES = {
     "kasportsformer-t": "CPU real time; the demo checkpoint",
 }
 
+# Parameters and GFLOPs per 27-frame window of each preset, stored so that `kasf-info --presets` is instant (the
+# count builds every model and traces a forward: seconds to minutes). tests/test_first_hour.py recounts them.
+PRESET_COSTS: dict[str, tuple[int, float]] = {
+    "kasportsformer": (29365668, 27.4365),
+    "kasportsformer-b": (18102038, 16.9082),
+    "kasportsformer-s": (3459690, 3.2810),
+    "kasportsformer-xs": (1734088, 1.6408),
+    "kasportsformer-t": (302066, 0.2903),
+    "motionagformer": (18995879, 17.7663),
+    "motionagformer-b": (11716899, 10.9569),
+    "motionagformer-s": (2241531, 2.1319),
+    "motionagformer-xs": (1121503, 1.0661),
+    "motionagformer-t": (192843, 0.1888),
+}
+
 MODEL_KEYS: frozenset[str] = frozenset(inspect.signature(KASportsFormer.__init__).parameters) - {"self"}
 # Each model key's declared type, as the constructor's annotation text ('float', 'float | None', ...).
 MODEL_KEY_TYPES: dict[str, str] = {k: str(p.annotation) for k, p in
@@ -108,11 +123,11 @@ def gflops_per_window(model: KASportsFormer) -> float:
 
 
 def presets_table() -> str:
-    """Markdown table of every preset: size, cost per 27-frame window, intended use."""
+    """Markdown table of every preset: size, cost per 27-frame window (stored: PRESET_COSTS), intended use."""
     rows = ["| preset | layers | dim_feat | dim_rep | heads | parameters | GFLOPs / window | use |",
             "|---|---|---|---|---|---|---|---|"]
     for name, cfg in PRESETS.items():
-        model = build(name)
+        parameters, gflops = PRESET_COSTS[name]
         rows.append(f"| `{name}` | {cfg['n_layers']} | {cfg['dim_feat']} | {cfg['dim_rep']} | {cfg['num_heads']} | "
-                    f"{count_parameters(model):,} | {gflops_per_window(model):.2f} | {PRESET_NOTES.get(name, '')} |")
+                    f"{parameters:,} | {gflops:.2f} | {PRESET_NOTES.get(name, '')} |")
     return "\n".join(rows)

@@ -106,6 +106,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--cache-dir", help="where the memory-mapped test windows go")
     parser.add_argument("--allow-pickle", action="store_true", help="trust a checkpoint with Python objects")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     args = parser.parse_args(argv)
     from kasf.checkpoint import load_checkpoint
     from kasf.data.sources import build_clip_store
@@ -116,9 +117,11 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
             raise SourceError("--source is required (a SportsPose, WorldPose or generic source file; make one from "
                               "motion capture with kasf-prepare mocap)")
         model = load_checkpoint(args.checkpoint, args.preset, device=args.device, allow_pickle=args.allow_pickle)
+        if not args.no_progress:
+            print(f"kasf-eval: cutting the test windows of {args.source} ...", file=sys.stderr, flush=True)
         stores = build_clip_store(args.source, args.flavour, model.n_frames, cache_dir=args.cache_dir)
         report = evaluate_model(model, stores["test"], flip=not args.no_flip, batch_size=args.batch_size,
-                                device=args.device, precision=args.precision)
+                                device=args.device, precision=args.precision, progress=not args.no_progress)
     except _USER_ERRORS as err:
         return report_error("kasf-eval", err)
     except KeyboardInterrupt:
