@@ -405,3 +405,46 @@ def test_third_party_noise_is_hidden_unless_verbose(caplog):
         logging.warning("Please consider to run pre-processing before quantization. Refer to example: ...")
         logging.warning("a warning kasf users need")
     assert [r.getMessage() for r in caplog.records] == ["a warning kasf users need"]
+
+
+# --- docs: the conventions page is the project's own, and matches the code -----------------------------------------
+
+def test_every_cited_doc_is_in_the_repository():
+    import re
+
+    cited = set()
+    for path in list((REPO / "kasf").rglob("*.py")) + list((REPO / "docs").glob("*.md")) + [REPO / "README.md"]:
+        text = path.read_text(encoding="utf-8")
+        assert "shared/docs" not in text, f"{path} cites a page users do not have"
+        cited |= {(path, m) for m in re.findall(r"docs/[\w.-]+\.md", text)}
+    for path, doc in cited:
+        assert (REPO / doc).exists(), f"{path} cites {doc}, which is not in the repository"
+
+
+def test_conventions_page_matches_the_code():
+    from kasf import skeleton
+    from kasf.conventions import NORMALIZATION_NAME
+
+    text = (REPO / "docs" / "conventions.md").read_text()
+    for index, name in enumerate(skeleton.JOINT_NAMES):
+        assert f"| {index} | {name}" in text
+    assert ", ".join(map(str, skeleton.PARENTS)) in text.replace("\n", " ")
+    assert NORMALIZATION_NAME in text and skeleton.SKELETON_NAME in text
+    flip = f"swaps joints {', '.join(map(str, skeleton.FLIP_RIGHT))} with {', '.join(map(str, skeleton.FLIP_LEFT))}"
+    assert flip in text.replace("\n", " ")
+
+
+def test_train_help_lists_the_config_keys(capsys):
+    from kasf.training.cli import train_main
+
+    with pytest.raises(SystemExit):
+        train_main(["--help"])
+    out = capsys.readouterr().out
+    assert "learning_rate" in out and "layer_scale_init_value" in out and "docs/training.md" in out
+
+
+def test_readme_has_a_short_kasf_bench_example_and_explains_its_delta():
+    text = (REPO / "README.md").read_text()
+    assert "kasf-bench --presets kasportsformer-t" in text
+    assert "*Δ vs fp32 mm* is" in text and "MPJPE change" in text
+    assert "as a `--keypoints` file" in text

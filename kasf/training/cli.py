@@ -67,7 +67,10 @@ def prepare_main(argv: Sequence[str] | None = None) -> int:
 
 def train_main(argv: Sequence[str] | None = None) -> int:
     """kasf-train --config CONFIG.yaml [key=value ...]"""
-    parser = argparse.ArgumentParser(prog="kasf-train", description="Train KASportsFormer / MotionAGFormer.")
+    from kasf.training.config import config_keys_help
+
+    parser = argparse.ArgumentParser(prog="kasf-train", description="Train KASportsFormer / MotionAGFormer.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=config_keys_help())
     parser.add_argument("--config", help="YAML config (reference key names accepted)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=5 preset=kasportsformer-t")
     args = parser.parse_args(argv)

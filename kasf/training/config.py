@@ -27,7 +27,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class TrainConfig:
-    """Every training setting, with the reference recipe (docs/model-spec.md) as the default."""
+    """Every training setting, the reference recipe (the paper's released configs) as the default (docs/training.md)."""
 
     # model: a preset name, plus any model keys (reference names) that override it
     preset: str | None = None
@@ -171,6 +171,19 @@ def _validate(cfg: TrainConfig, where: str) -> None:
         cfg.model_dict()
     except (ValueError, TypeError) as err:
         raise ConfigError(f"{where}: model: {err}") from None
+
+
+def config_keys_help() -> str:
+    """The keys a config or a key=value override may set, for ``kasf-train --help`` (generated, so never stale)."""
+    import textwrap
+
+    def listing(title: str, keys: Sequence[str]) -> str:
+        return f"{title}:\n" + textwrap.fill(", ".join(keys), width=110, initial_indent="  ",
+                                             subsequent_indent="  ", break_on_hyphens=False)
+
+    return "\n".join([listing("training keys", [name for name in _FIELDS if name != "model"]),
+                       listing("model keys (override the preset)", sorted(MODEL_KEYS)),
+                       "Defaults and meanings: docs/training.md (Configs) and kasf/training/config.py."])
 
 
 def parse_override(text: str) -> tuple[str, Any]:
