@@ -448,3 +448,31 @@ def test_readme_has_a_short_kasf_bench_example_and_explains_its_delta():
     assert "kasf-bench --presets kasportsformer-t" in text
     assert "*Δ vs fp32 mm* is" in text and "MPJPE change" in text
     assert "as a `--keypoints` file" in text
+
+
+# --- the --save video's 3D panel ----------------------------------------------------------------------------------
+
+def test_render_fps_does_not_start_at_one():
+    from kasf.runtime.outputs import rendering_fps
+
+    assert rendering_fps([]) is None and rendering_fps([5.0]) is None
+    assert rendering_fps([0.0, 0.1, 0.2, 0.3]) == pytest.approx(10.0)
+
+
+def test_3d_panel_has_axes_ground_and_track_id():
+    cv2 = pytest.importorskip("cv2")
+    from kasf.data.sample import load_sample
+    from kasf.runtime.outputs import draw_3d
+
+    pose = load_sample().joints3d_mm[0]
+    bare = np.full((300, 300, 3), 30, np.uint8)
+    draw_3d(cv2, bare, [])
+    corner = bare[220:300, 0:100]
+    assert (corner != 30).any()  # the axes marker is there even with nobody in view
+    with_track, without = np.full((300, 600, 3), 30, np.uint8), np.full((300, 600, 3), 30, np.uint8)
+    draw_3d(cv2, with_track, [pose, pose], tracks=[3, 7])
+    draw_3d(cv2, without, [pose, pose])
+    assert (with_track != without).any()  # the track labels
+    b, g, r = (with_track[..., c].astype(int) for c in range(3))
+    grey = (b == g) & (g == r) & (b > 45) & (b <= 80)
+    assert grey.sum() > 100  # the ground grid's lines (anti-aliased grey)
