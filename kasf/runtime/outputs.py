@@ -137,8 +137,8 @@ def draw_3d(cv2: Any, panel: np.ndarray, poses: list[np.ndarray], yaw_deg: float
         for child, parent in skeleton.DRAW_EDGES:
             cv2.line(panel, tuple(pts[child]), tuple(pts[parent]), _colour(child), 2, cv2.LINE_AA)
         if tracks is not None:
-            cv2.putText(panel, f"track {tracks[i]}", (int(cell * i) + 8, h - 12 if i else h - 80), font, 0.5,
-                        (230, 230, 230), 1, cv2.LINE_AA)
+            cv2.putText(panel, f"track {tracks[i]}", (int(cell * i) + 10, 50), font, 0.5, (230, 230, 230), 1,
+                        cv2.LINE_AA)
 
 
 def rendering_fps(times: list[float]) -> float | None:
