@@ -21,6 +21,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from kasf.cli_errors import report_error, report_interrupt
+from kasf.quiet import quiet_third_party
+
 BASELINE = "eager-reference"
 BACKENDS = ("eager-reference", "eager-fused", "compile", "compile-cudagraphs", "cudagraph", "cudagraph-fp16",
             "cudagraph-bf16", "bf16", "fp16", "ort-fp32", "ort-int8", "trt-fp16", "trt-int8", "triton")
@@ -250,7 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--triton-url", help="model for the triton backend: triton://HOST:PORT/MODEL")
     parser.add_argument("--json", help="write the report as JSON here")
     parser.add_argument("--markdown", help="write the markdown table here")
+    parser.add_argument("--verbose", action="store_true",
+                        help="let third-party warnings through (TorchScript tracer, ONNX Runtime quantisation)")
     args = parser.parse_args(argv)
+    quiet_third_party(args.verbose)
     from kasf.checkpoint import resolve_checkpoint_path
 
     trained = {"kasportsformer-t": resolve_checkpoint_path("demo")}
@@ -266,15 +272,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown backends {unknown}; choose from {', '.join(BACKENDS)}")
     if BASELINE not in backends:
         backends.insert(0, BASELINE)  # every table carries its baseline
-    report = run(args.presets.split(","), backends, [int(b) for b in args.batches.split(",")], args.device,
-                 args.threads, args.warmup, args.min_time, trained, args.mode, triton_url=args.triton_url)
-    text = to_markdown(report)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"machine": report.machine, "settings": report.settings,
-                                               "rows": [asdict(r) for r in report.rows]}, indent=2))
-    if args.markdown:
-        Path(args.markdown).write_text(text + "\n")
+    try:
+        report = run(args.presets.split(","), backends, [int(b) for b in args.batches.split(",")], args.device,
+                     args.threads, args.warmup, args.min_time, trained, args.mode, triton_url=args.triton_url)
+        text = to_markdown(report)
+        print(text)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"machine": report.machine, "settings": report.settings,
+                                                   "rows": [asdict(r) for r in report.rows]}, indent=2))
+        if args.markdown:
+            Path(args.markdown).write_text(text + "\n")
+    except KeyboardInterrupt:
+        return report_interrupt("kasf-bench", "no report was written")
+    except (OSError, ValueError) as err:
+        return report_error("kasf-bench", err)
     return 0
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,6 +22,7 @@ import torch
 
 from kasf import skeleton
 from kasf._version import __version__
+from kasf.atomic import atomic_path
 from kasf.conventions import NORMALIZATION_NAME
 from kasf.model.kasportsformer import KASportsFormer
 from kasf.model.presets import PRESETS, model_config
@@ -66,6 +66,12 @@ def _read_torch_file(path: Path, allow_pickle: bool) -> Any:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({err})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {err}") from None
+
+
+def read_raw_checkpoint(path: str | os.PathLike, allow_pickle: bool = False) -> Any:
+    """The object a checkpoint file holds, as saved; a missing, truncated or corrupt file is one CheckpointError
+    (or FileNotFoundError) naming the file."""
+    return _read_torch_file(Path(path), allow_pickle)
 
 
 def _strip_prefixes(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -138,7 +144,10 @@ def _resolve_config(preset_or_config: str | os.PathLike | Mapping[str, Any]) -> 
             loaded = yaml.safe_load(f)
         if not isinstance(loaded, Mapping):
             raise CheckpointError(f"{text}: a config must be a YAML mapping")
-        return model_config(loaded), None
+        try:
+            return model_config(loaded), None
+        except ValueError as err:
+            raise CheckpointError(f"{text}: {err}") from None
     raise CheckpointError(f"{text!r} is neither a preset ({', '.join(PRESETS)}) nor a YAML config path")
 
 
@@ -197,15 +206,8 @@ def load_checkpoint(path: str | os.PathLike, preset_or_config: str | os.PathLike
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(path: str | os.PathLike, model: KASportsFormer, preset: str | None = None,

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from kasf.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+from kasf.cli_errors import report_error
 from kasf.model.presets import PRESETS, count_parameters, gflops_per_window, presets_table
 
 
@@ -58,9 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--preset and --config are alternatives; give one")
     try:
         report = describe_checkpoint(args.checkpoint, args.preset or args.config, args.allow_pickle)
-    except (FileNotFoundError, CheckpointError, ValueError) as err:
-        print(f"kasf-info: error: {err}", file=sys.stderr)
-        return 2
+    except (OSError, CheckpointError, ValueError) as err:
+        return report_error("kasf-info", err)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:

@@ -102,7 +102,7 @@ def test_reference_layout_exports_with_config(reference_small_file, official_sma
 
 
 def test_reference_layout_without_config_is_one_clear_error(reference_small_file, tmp_path, capsys):
-    assert main([str(reference_small_file), "-o", str(tmp_path / "x.onnx")]) == 1
+    assert main([str(reference_small_file), "-o", str(tmp_path / "x.onnx")]) == 2
     assert "pass a preset" in capsys.readouterr().err
 
 
@@ -219,7 +219,7 @@ def test_engine_needs_tensorrt_with_the_install_command(tiny_checkpoint, tmp_pat
         pytest.skip("TensorRT is installed here; this checks the message shown without it")
     except ImportError:
         pass
-    assert main([str(tiny_checkpoint), "--format", "engine", "-o", str(tmp_path / "m.engine")]) == 1
+    assert main([str(tiny_checkpoint), "--format", "engine", "-o", str(tmp_path / "m.engine")]) == 2
     assert "pip install 'kasf[gpu]'" in capsys.readouterr().err
 
 

@@ -11,3 +11,12 @@ def test_presets_table_in_readme_is_current():
 def test_performance_section_in_readme_is_current():
     text = README.read_text()
     assert render(text, {"performance": SECTIONS["performance"]}) == text, "run python benchmarks/update_readme.py"
+
+
+def test_stream_numbers_in_docs_come_from_the_results_file():
+    from benchmarks.update_readme import PAGES, STREAMING_DOC
+
+    text = STREAMING_DOC.read_text()
+    assert render(text, PAGES[STREAMING_DOC]) == text, "run python benchmarks/update_readme.py"
+    for page in (STREAMING_DOC, README):
+        assert "was not in the package" not in page.read_text() and "20.8 poses/s" not in page.read_text()

@@ -274,7 +274,7 @@ def test_keypoint_source_rejects_bad_shapes(tmp_path):
     with pytest.raises(SourceError, match="missing field"):
         KeypointSource.from_file(bad)
     (tmp_path / "junk.npz").write_text("not a zip")
-    with pytest.raises(SourceError, match="not a readable"):
+    with pytest.raises(SourceError, match="not an .npz file"):
         KeypointSource.from_file(tmp_path / "junk.npz")
 
 

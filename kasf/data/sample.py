@@ -8,7 +8,7 @@ detector-like noise. Subject cmu16 is held out of the demo checkpoint's training
 - ``scores`` (F, 17) float32: detector-like confidences in (0, 1]
 - ``image_wh`` (2,) int: image width and height in pixels; ``fps`` (): frame rate
 - ``joints3d_mm`` (F, 17, 3) float32: the 3D truth, root-relative, mm, in the 2.5D layout the lifter predicts
-  and kasf-eval scores (x, y = pixel position x 2.5D factor, z = depth relative to the root; conventions.md)
+  and kasf-eval scores (x, y = pixel position x 2.5D factor, z = depth relative to the root; docs/conventions.md)
 - ``factor`` (F,) float32: the 2.5D factor (mm per pixel-scale unit) that turns a denormalised prediction to mm
 - ``clip``, ``subject``, ``action``: provenance
 

@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import pickle
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from kasf import skeleton
+from kasf.atomic import atomic_path, write_bytes_atomic
 from kasf.conventions import normalize_screen
 
 FLAVOURS = ("sportspose", "worldpose", "generic")
@@ -222,15 +222,8 @@ def cut_windows(source: np.ndarray, n_frames: int, stride: int, short: str = "re
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(array))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.ascontiguousarray(array))
 
 
 class Windows:
@@ -304,10 +297,7 @@ def write_clip_store(directory: str | os.PathLike, frames: SplitFrames, windows:
             _atomic_save_npy(directory / f"{name}.npy", value.astype(np.float32) if value.dtype.kind == "f" else value)
     text = json.dumps({**meta, "test": test, "frames": len(frames.inputs), "windows": len(windows),
                        "store_version": STORE_VERSION}, indent=1)
-    fd, tmp = tempfile.mkstemp(prefix=".meta.", dir=directory)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, directory / "meta.json")
+    write_bytes_atomic(directory / "meta.json", text.encode())
     return ClipStore(directory)
 
 

@@ -12,6 +12,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from kasf.cli_errors import report_error, report_interrupt
+from kasf.quiet import quiet_third_party
+
 FORMAT_NAMES = ("onnx", "engine", "triton", "all")
 
 
@@ -48,7 +51,7 @@ def flags_table() -> str:
 
 
 class UsageError(ValueError):
-    """A flag or value the user can fix; reported as one line with exit status 2."""
+    """A flag or value the user can fix; reported as one line with exit status 2 (kasf.cli_errors)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--workspace", type=float)
     parser.add_argument("--device", choices=("cpu", "cuda"))
     parser.add_argument("--name", help="model name in the Triton repository (default: the checkpoint's stem)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="let third-party warnings through (TorchScript tracer, ONNX Runtime quantisation)")
     return parser
 
 
@@ -247,21 +252,24 @@ def _build_engine(args: argparse.Namespace, model: Any, onnx_path: Path, engine_
     return build_engine(source, engine_path, meta(precision), options)
 
 
+EXIT_PARITY_FAILED = 3
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit 0, 2 for anything the user can fix (kasf.cli_errors), 3 when an artefact fails its parity check."""
     try:
         args = parse_args(argv)
+        quiet_third_party(args.verbose)
         reports = run_export(args)
-    except UsageError as err:
-        print(f"kasf-export: error: {err}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
-        print(f"kasf-export: error: {err}", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:
+        return report_interrupt("kasf-export", "no artefact was left half written")
+    except (OSError, ValueError, RuntimeError) as err:  # UsageError, CheckpointError, TensorRTMissing, ...
+        return report_error("kasf-export", err)
     failed = [r for r in reports if not r.passed]
     if failed:
         print(f"kasf-export: parity FAILED for {', '.join(Path(r.artefact).name for r in failed)} "
               "(see the .parity.json beside each)", file=sys.stderr)
-        return 3
+        return EXIT_PARITY_FAILED
     return 0
 
 

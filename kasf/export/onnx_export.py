@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 import torch
 
 from kasf.artefact import INPUT_NAME, OUTPUT_NAME
+from kasf.atomic import atomic_path
 from kasf.model.kasportsformer import KASportsFormer
-
-
-@contextlib.contextmanager
-def _atomic_output(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path``, renamed onto it when the block succeeds and removed when it fails."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def export_onnx(model: KASportsFormer, path: str | os.PathLike, metadata: Mapping[str, str], opset: int = 17,
@@ -50,7 +35,7 @@ def export_onnx(model: KASportsFormer, path: str | os.PathLike, metadata: Mappin
     example = torch.zeros(batch or 2, model.n_frames, model.num_joints, model.dim_in,
                           device=next(model.parameters()).device)
     dynamic_axes = None if batch else {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
-    with _atomic_output(path) as tmp:
+    with atomic_path(path) as tmp:
         with anatomy_export(anatomy_op), torch.no_grad():
             torch.onnx.export(module, (example,), str(tmp), dynamo=False, opset_version=opset,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes,
@@ -149,7 +134,7 @@ def quantize_int8(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, me
     if symmetric and calibration is None:
         raise ValueError("symmetric INT8 (for TensorRT) is static quantisation: it needs calibration windows")
     keep_float = _narrow_matmuls(onnx.load(str(fp32_path)), min_reduction)
-    with _atomic_output(int8_path) as tmp:
+    with atomic_path(int8_path) as tmp:
         if calibration is None:
             quantize_dynamic(str(fp32_path), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
                              op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=keep_float)

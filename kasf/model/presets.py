@@ -13,6 +13,7 @@ from typing import Any, Mapping
 import torch
 
 from kasf.model.kasportsformer import KASportsFormer
+from kasf.typed_config import coerce_value
 
 _SIZES: dict[str, dict[str, Any]] = {
     # suffix: layers, width, representation, heads. "" is the released configuration (all four checkpoints).
@@ -35,7 +36,25 @@ PRESET_NOTES = {
     "kasportsformer-t": "CPU real time; the demo checkpoint",
 }
 
+# Parameters and GFLOPs per 27-frame window of each preset, stored so that `kasf-info --presets` is instant (the
+# count builds every model and traces a forward: seconds to minutes). tests/test_first_hour.py recounts them.
+PRESET_COSTS: dict[str, tuple[int, float]] = {
+    "kasportsformer": (29365668, 27.4365),
+    "kasportsformer-b": (18102038, 16.9082),
+    "kasportsformer-s": (3459690, 3.2810),
+    "kasportsformer-xs": (1734088, 1.6408),
+    "kasportsformer-t": (302066, 0.2903),
+    "motionagformer": (18995879, 17.7663),
+    "motionagformer-b": (11716899, 10.9569),
+    "motionagformer-s": (2241531, 2.1319),
+    "motionagformer-xs": (1121503, 1.0661),
+    "motionagformer-t": (192843, 0.1888),
+}
+
 MODEL_KEYS: frozenset[str] = frozenset(inspect.signature(KASportsFormer.__init__).parameters) - {"self"}
+# Each model key's declared type, as the constructor's annotation text ('float', 'float | None', ...).
+MODEL_KEY_TYPES: dict[str, str] = {k: str(p.annotation) for k, p in
+                                   inspect.signature(KASportsFormer.__init__).parameters.items() if k != "self"}
 _MODEL_NAMES = {"kasportsformer": True, "motionagformer": False}
 
 
@@ -43,7 +62,8 @@ def model_config(preset_or_config: str | Mapping[str, Any], **overrides: Any) ->
     """The full constructor config for a preset name or a (reference-style) config mapping.
 
     Training keys of a reference YAML (learning_rate, batch_size, ...) are ignored here; ``model_name``
-    picks KASportsFormer or MotionAGFormer.
+    picks KASportsFormer or MotionAGFormer. Every value is checked against its key's type (numeric strings such
+    as PyYAML's '1e-05' become numbers); a misfit raises :class:`~kasf.typed_config.ConfigTypeError`.
     """
     if isinstance(preset_or_config, str):
         if preset_or_config not in PRESETS:
@@ -70,7 +90,14 @@ def _complete(config: dict[str, Any]) -> dict[str, Any]:
     full = {**defaults, **config}
     if not isinstance(full["act_layer"], str):
         full["act_layer"] = full["act_layer"].__name__.lower()
-    return full
+    return {key: check_model_value(key, value) for key, value in full.items()}
+
+
+def check_model_value(key: str, value: Any) -> Any:
+    """``value`` as model key ``key``'s declared type (an activation may also be given as its class)."""
+    if key == "act_layer" and not isinstance(value, str):
+        return value
+    return coerce_value(key, value, MODEL_KEY_TYPES[key])
 
 
 def build(preset_or_config: str | Mapping[str, Any] = "kasportsformer", **overrides: Any) -> KASportsFormer:
@@ -96,11 +123,11 @@ def gflops_per_window(model: KASportsFormer) -> float:
 
 
 def presets_table() -> str:
-    """Markdown table of every preset: size, cost per 27-frame window, intended use."""
+    """Markdown table of every preset: size, cost per 27-frame window (stored: PRESET_COSTS), intended use."""
     rows = ["| preset | layers | dim_feat | dim_rep | heads | parameters | GFLOPs / window | use |",
             "|---|---|---|---|---|---|---|---|"]
     for name, cfg in PRESETS.items():
-        model = build(name)
+        parameters, gflops = PRESET_COSTS[name]
         rows.append(f"| `{name}` | {cfg['n_layers']} | {cfg['dim_feat']} | {cfg['dim_rep']} | {cfg['num_heads']} | "
-                    f"{count_parameters(model):,} | {gflops_per_window(model):.2f} | {PRESET_NOTES.get(name, '')} |")
+                    f"{parameters:,} | {gflops:.2f} | {PRESET_NOTES.get(name, '')} |")
     return "\n".join(rows)

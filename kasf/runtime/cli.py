@@ -14,10 +14,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from kasf.cli_errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, error_line, report_error, report_interrupt
+from kasf.quiet import quiet_third_party
 from kasf.runtime.stream import MODES, Pipeline, Pose, Stats, run
 
-EXIT_ERROR = 2
-EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint, .onnx, .engine or a Triton model: triton://HOST:PORT/MODEL (gRPC), "
                         "triton+http://HOST:PORT/MODEL (default: bundled demo)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--allow-cpu-fallback", action="store_true",
+                   help="with --device cuda on a machine without a usable GPU, run on the CPU instead of failing")
     p.add_argument("--precision", default=None, help="fp32, bf16, fp16, int8 (as the artefact allows)")
     p.add_argument("--threads", type=int, default=1,
                    help="PyTorch CPU threads for the lifter (default 1: the stream shares the CPU with capture, the "
@@ -70,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serve", metavar="[HOST:]PORT",
                    help="live 3D view in a browser at http://HOST:PORT/ (host default 127.0.0.1; docs/streaming.md)")
     p.add_argument("--serve-token", metavar="TOKEN", help="with --serve: the page needs ?token=TOKEN in its URL")
+    p.add_argument("--verbose", action="store_true", help="let third-party log lines (OpenCV, ONNX Runtime) through")
     return p
 
 
@@ -141,6 +144,7 @@ def _print_summary(summary: dict[str, Any], pipeline: Pipeline, lifter: Any, str
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_third_party(args.verbose)
     source = None
     sinks: list[Any] = []
     try:
@@ -153,7 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         from kasf.runtime.lifter import Lifter
 
-        lifter = Lifter.load(args.model, device=args.device, precision=args.precision)
+        lifter = Lifter.load(args.model, device=args.device, precision=args.precision,
+                             allow_fallback=args.allow_cpu_fallback)
         source, truth = _open_source(args)
         detector = _detector(args) if args.keypoints is None and truth is None else None
         pipeline = Pipeline(lifter, source.image_wh, mode=args.mode, stride=args.stride, flip=args.flip,
@@ -188,15 +193,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.model == "demo" and "demo" in str(err) and "not found" in str(err):
             hint = (" (the bundled demo checkpoint is missing from this install: reinstall kasf, or pass --model "
                     "with a checkpoint, .onnx or .engine of your own, e.g. from kasf-train)")
-        print(f"kasf-stream: error: {err}{hint}", file=sys.stderr)
-        return EXIT_ERROR
+        return report_error("kasf-stream", err, hint)
     try:
         result = run(source, pipeline, detector, sinks, keep_poses=truth is not None and not args.loop,
                      max_frames=args.max_frames)
     except Exception as err:  # outputs were flushed and closed by run(); say what broke, without a traceback
         print(f"kasf-stream: error after {pipeline.stats.frames_in} frames (outputs so far are kept): "
-              f"{type(err).__name__}: {err}", file=sys.stderr)
-        return EXIT_ERROR
+              f"{type(err).__name__}: {error_line(err)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     summary = result.stats.summary()
     summary.update(mode=pipeline.mode, delay_frames=pipeline.delay_frames, flip=pipeline.flip,
                    smooth=smooth, threads=args.threads, model=str(args.model), backend=lifter.backend, device=lifter.device,
@@ -208,15 +212,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  MPJPE vs the sample's 3D truth: {summary['mpjpe_mm']:.1f} mm over {len(result.poses)} poses "
               f"({source.name})", file=sys.stderr)
     if args.stats:
-        Path(args.stats).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.stats).write_text(json.dumps(summary, indent=2))
+        try:
+            Path(args.stats).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.stats).write_text(json.dumps(summary, indent=2))
+        except OSError as err:
+            return report_error("kasf-stream", err)
     if result.error:
         print(f"kasf-stream: error: {result.error} (the {summary['poses_out']} poses emitted were written)",
               file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_BAD_INPUT
     if result.interrupted:
-        print("kasf-stream: interrupted; outputs flushed", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return report_interrupt("kasf-stream", f"every frame read came out as a pose ({summary['poses_out']} "
+                                               "poses); outputs flushed")
     return 0
 
 

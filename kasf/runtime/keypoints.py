@@ -20,7 +20,7 @@ from kasf import skeleton
 
 FORMATS = ("h36m", "coco", "blazepose")
 
-# COCO-17 index of each Human3.6M joint that maps one to one (conventions.md).
+# COCO-17 index of each Human3.6M joint that maps one to one (docs/conventions.md).
 COCO_DIRECT: dict[int, int] = {1: 12, 2: 14, 3: 16, 4: 11, 5: 13, 6: 15, 11: 5, 12: 7, 13: 9, 14: 6, 15: 8, 16: 10,
                                9: 0}
 COCO_EYES_EARS = (1, 2, 3, 4)

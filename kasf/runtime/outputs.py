@@ -100,26 +100,53 @@ def draw_2d(cv2: Any, canvas: np.ndarray, joints2d: np.ndarray, scores: np.ndarr
 
 
 def draw_3d(cv2: Any, panel: np.ndarray, poses: list[np.ndarray], yaw_deg: float = 30.0,
-            elevation_deg: float = 15.0) -> None:
-    """Root-relative 3D skeletons (x right, y down, z away) seen from a camera turned by yaw and elevation,
-    side by side, scaled to the panel."""
+            elevation_deg: float = 15.0, tracks: list[int] | None = None) -> None:
+    """Root-relative 3D skeletons (camera axes: x right, y down, z away) seen from a camera turned by yaw and
+    elevation, side by side, scaled to the panel; each stands on a ground grid at its lowest joint, carries its
+    track id, and an axes marker in the corner shows which way x, y and z point."""
     h, w = panel.shape[:2]
-    cv2.putText(panel, "3D", (10, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (200, 200, 200), 1, cv2.LINE_AA)
-    if not poses:
-        return
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    cv2.putText(panel, "3D (camera axes)", (10, 25), font, 0.6, (200, 200, 200), 1, cv2.LINE_AA)
     yaw, elev = math.radians(yaw_deg), math.radians(elevation_deg)
     rot_y = np.array([[math.cos(yaw), 0, math.sin(yaw)], [0, 1, 0], [-math.sin(yaw), 0, math.cos(yaw)]])
     rot_x = np.array([[1, 0, 0], [0, math.cos(elev), -math.sin(elev)], [0, math.sin(elev), math.cos(elev)]])
     rot = rot_x @ rot_y
+    origin = np.array([40.0, h - 40.0])
+    for axis, (name, colour) in enumerate((("x", (60, 60, 255)), ("y", (60, 220, 60)), ("z", (255, 140, 60)))):
+        tip = np.round(origin + 28 * (rot @ np.eye(3)[axis])[:2]).astype(int)
+        cv2.arrowedLine(panel, tuple(origin.astype(int)), tuple(tip), colour, 2, cv2.LINE_AA, tipLength=0.25)
+        cv2.putText(panel, name, (int(tip[0]) + 3, int(tip[1]) + 3), font, 0.45, colour, 1, cv2.LINE_AA)
+    if not poses:
+        return
     cell = w / len(poses)
     for i, pose in enumerate(poses):
-        view = (np.asarray(pose, np.float64) @ rot.T)[:, :2]
-        extent = max(float(np.abs(view).max()), 1e-6)
-        scale = 0.42 * min(cell, h) / extent
+        pose = np.asarray(pose, np.float64)
+        span = max(float(np.ptp(pose, axis=0).max()), 1e-6)
+        floor = float(pose[:, 1].max())  # y points down: the lowest joint has the largest y
+        grid = np.linspace(-0.5, 0.5, 5) * span
+        ground = [np.array([[a, floor, grid[0]], [a, floor, grid[-1]]]) for a in grid]
+        ground += [np.array([[grid[0], floor, b], [grid[-1], floor, b]]) for b in grid]
+        points = np.concatenate([pose] + ground)
+        view = points @ rot.T
+        extent = max(float(np.abs(view[:, :2]).max()), 1e-6)
+        scale = 0.40 * min(cell, h) / extent
         centre = np.array([cell * (i + 0.5), h / 2])
-        pts = np.round(view * scale + centre).astype(int)
+        pts = np.round(view[:, :2] * scale + centre).astype(int)
+        for k in range(len(pose), len(points), 2):
+            cv2.line(panel, tuple(pts[k]), tuple(pts[k + 1]), (80, 80, 80), 1, cv2.LINE_AA)
         for child, parent in skeleton.DRAW_EDGES:
             cv2.line(panel, tuple(pts[child]), tuple(pts[parent]), _colour(child), 2, cv2.LINE_AA)
+        if tracks is not None:
+            cv2.putText(panel, f"track {tracks[i]}", (int(cell * i) + 10, 50), font, 0.5, (230, 230, 230), 1,
+                        cv2.LINE_AA)
+
+
+def rendering_fps(times: list[float]) -> float | None:
+    """Frames per second over the render times of the last second; None until two frames give a rate (a count of
+    the frames so far would start at a meaningless "1 fps")."""
+    if len(times) < 2 or times[-1] <= times[0]:
+        return None
+    return (len(times) - 1) / (times[-1] - times[0])
 
 
 class VideoSink:
@@ -194,12 +221,13 @@ class VideoSink:
                 for pose in poses:
                     draw_2d(cv2, canvas, pose.joints2d, pose.scores, self.scale)
                 panel = np.full((self.size[1], self.size[1], 3), 30, np.uint8)
-                draw_3d(cv2, panel, [p.joints3d for p in poses])
+                draw_3d(cv2, panel, [p.joints3d for p in poses], tracks=[p.track for p in poses])
                 view = np.concatenate([canvas, panel], axis=1)
                 now = time.perf_counter()
                 self._times = [t for t in self._times if now - t < 1.0] + [now]
-                cv2.putText(view, f"{len(self._times)} fps", (10, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.7,
-                            (255, 255, 255), 2, cv2.LINE_AA)
+                fps = rendering_fps(self._times)
+                cv2.putText(view, f"{fps:.0f} fps" if fps is not None else "-- fps", (10, 25),
+                            cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2, cv2.LINE_AA)
                 if self.writer is not None:
                     self.writer.write(view)
                     self.written += 1

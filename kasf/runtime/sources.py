@@ -14,6 +14,7 @@ import abc
 import os
 import threading
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -83,16 +84,17 @@ class KeypointSource(Source):
         n_kpt = 33 if fmt == "blazepose" else 17
         if fmt not in FORMATS:
             raise SourceError(f"{name}: unknown keypoint format {fmt!r}; choose one of {FORMATS}")
+        given_shape, given_scores = keypoints.shape, scores.shape
         if keypoints.ndim == 3:
             keypoints, scores = keypoints[:, None], scores[:, None] if scores.ndim == 2 else scores
             if track_ids is not None and np.ndim(track_ids) == 1:
                 track_ids = np.asarray(track_ids)[:, None]
         if keypoints.ndim != 4 or keypoints.shape[2:] != (n_kpt, 2):
             raise SourceError(f"{name}: 'keypoints' must be (F, {n_kpt}, 2) or (F, P, {n_kpt}, 2) pixels for format "
-                              f"{fmt!r}; got {keypoints.shape}")
+                              f"{fmt!r}; got {given_shape}")
         if scores.shape != keypoints.shape[:3]:
-            raise SourceError(f"{name}: 'scores' must be {keypoints.shape[:3]} to match 'keypoints'; got "
-                              f"{scores.shape}")
+            raise SourceError(f"{name}: 'scores' must be {given_shape[:-1]} to match 'keypoints'; got "
+                              f"{given_scores}")
         if track_ids is not None and np.shape(track_ids) != keypoints.shape[:2]:
             raise SourceError(f"{name}: 'track_ids' must be {keypoints.shape[:2]} (frames, people); got "
                               f"{np.shape(track_ids)}")
@@ -113,10 +115,13 @@ class KeypointSource(Source):
         path = Path(path)
         if not path.exists():
             raise SourceError(f"keypoint file not found: {path}")
+        if path.is_dir() or not zipfile.is_zipfile(path):
+            raise SourceError(f"{path}: not an .npz file (NumPy's zip of arrays, as np.savez writes); a keypoint file "
+                              "holds 'keypoints', 'scores', 'image_wh', 'fps' (docs/streaming.md)")
         try:
             with np.load(path, allow_pickle=False) as data:
                 fields = {k: data[k] for k in data.files}
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, zipfile.BadZipFile) as err:
             raise SourceError(f"{path}: not a readable .npz keypoint file ({err})") from None
         missing = [k for k in ("keypoints", "scores", "image_wh", "fps") if k not in fields]
         if missing:

@@ -26,6 +26,7 @@ import numpy as np
 
 from kasf import skeleton
 from kasf.conventions import NORMALIZATION_NAME, flip_pose, to_millimetres
+from kasf.interrupts import ctrl_c_deferred
 from kasf.runtime.sources import Frame, Source
 from kasf.runtime.tracking import Track, Tracker
 
@@ -297,7 +298,8 @@ def run(source: Source | Iterable[Frame], pipeline: Pipeline, detector: Detector
     """Drive the pipeline over a source until it ends, fails or is interrupted; outputs are always flushed.
 
     A source error (camera lost, unreadable file) or Ctrl-C ends the loop; poses already due are still
-    emitted and written, sinks are closed, and the result says what happened.
+    emitted and written, sinks are closed, and the result says what happened. Ctrl-C takes effect between frames
+    (kasf.interrupts), so every frame that was read comes out as a pose.
     """
     sinks = sinks or []
     stats = pipeline.stats
@@ -319,18 +321,21 @@ def run(source: Source | Iterable[Frame], pipeline: Pipeline, detector: Detector
             result.poses.extend(poses)
 
     try:
-        for frame in source:
-            stats.frames_in += 1
-            stats.add("capture", frame.capture_ms)
-            if frame.image is not None and frame.keypoints is None:
-                if detector is None:
-                    raise ValueError("image frames need a 2D detector (--detector rtmlib or mediapipe)")
-                start = time.perf_counter()
-                frame.keypoints, frame.scores = detector(frame.image)
-                stats.add("2d", (time.perf_counter() - start) * 1000)
-            emit(pipeline.step(frame), frame)
-            if max_frames is not None and stats.frames_in >= max_frames:
-                break
+        with ctrl_c_deferred() as stop_requested:  # a frame in hand is finished, then the stream ends
+            for frame in source:
+                stats.frames_in += 1
+                stats.add("capture", frame.capture_ms)
+                if frame.image is not None and frame.keypoints is None:
+                    if detector is None:
+                        raise ValueError("image frames need a 2D detector (--detector rtmlib or mediapipe)")
+                    start = time.perf_counter()
+                    frame.keypoints, frame.scores = detector(frame.image)
+                    stats.add("2d", (time.perf_counter() - start) * 1000)
+                emit(pipeline.step(frame), frame)
+                if stop_requested():
+                    raise KeyboardInterrupt
+                if max_frames is not None and stats.frames_in >= max_frames:
+                    break
     except KeyboardInterrupt:
         result.interrupted = True
     except Exception as err:

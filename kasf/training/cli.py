@@ -12,37 +12,29 @@ import os
 import pickle
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from kasf.atomic import atomic_path
+from kasf.cli_errors import report_error, report_interrupt
 from kasf.checkpoint import CheckpointError
 from kasf.data.sources import SourceError
 from kasf.training.config import ConfigError
 from kasf.training.mocap import MocapError
 
-_USER_ERRORS = (ConfigError, SourceError, MocapError, CheckpointError, FileNotFoundError)
-
-
-def _fail(err: Exception) -> int:
-    print(f"error: {err}", file=sys.stderr)
-    return 2
+# Errors a user can fix, reported as one line with exit code 2 (kasf.cli_errors): bad values (ValueError, a NaN loss
+# from too high a learning rate), and OSError for unreadable inputs
+# and unwritable outputs (a read-only folder, a file where a folder should be).
+_USER_ERRORS = (ConfigError, SourceError, MocapError, CheckpointError, OSError, ValueError, FloatingPointError)
 
 
 def write_source_pickle(data: dict, path: str | os.PathLike) -> Path:
     """Write a source dict as a pickle (temporary name, then renamed)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(data, f, protocol=4)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        pickle.dump(data, f, protocol=4)
     return path
 
 
@@ -63,9 +55,11 @@ def prepare_main(argv: Sequence[str] | None = None) -> int:
     try:
         data = prepare_mocap(args.clips, [s for s in args.val_subjects.split(",") if s], seed=args.seed,
                              train_cameras=args.train_cameras, test_cameras=args.test_cameras)
+        write_source_pickle(data, args.out)
     except _USER_ERRORS as err:
-        return _fail(err)
-    write_source_pickle(data, args.out)
+        return report_error("kasf-prepare", err)
+    except KeyboardInterrupt:
+        return report_interrupt("kasf-prepare", f"nothing was written to {args.out}")
     print(f"wrote {args.out}: train {len(data['train']['joint_2d'])} frames, "
           f"test {len(data['test'].get('joint_2d', []))} frames (generic flavour)")
     return 0
@@ -73,7 +67,10 @@ def prepare_main(argv: Sequence[str] | None = None) -> int:
 
 def train_main(argv: Sequence[str] | None = None) -> int:
     """kasf-train --config CONFIG.yaml [key=value ...]"""
-    parser = argparse.ArgumentParser(prog="kasf-train", description="Train KASportsFormer / MotionAGFormer.")
+    from kasf.training.config import config_keys_help
+
+    parser = argparse.ArgumentParser(prog="kasf-train", description="Train KASportsFormer / MotionAGFormer.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=config_keys_help())
     parser.add_argument("--config", help="YAML config (reference key names accepted)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=5 preset=kasportsformer-t")
     args = parser.parse_args(argv)
@@ -86,7 +83,13 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         result = train(cfg, command=command)
     except _USER_ERRORS as err:
-        return _fail(err)
+        return report_error("kasf-train", err)
+    except KeyboardInterrupt:  # a second Ctrl-C: the last end-of-epoch latest.pt stands
+        return report_interrupt("kasf-train", "stopped at once; the last end-of-epoch latest.pt is kept")
+    if result["interrupted"]:
+        return report_interrupt(
+            "kasf-train", f"saved {result['saved']} at epoch {result['epoch']}, batch {result['batches_done']} "
+                          f"(step {result['step']}); run the same command again to resume from there")
     print(json.dumps({k: v for k, v in result.items() if k != "best_report"}))
     return 0
 
@@ -106,6 +109,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--cache-dir", help="where the memory-mapped test windows go")
     parser.add_argument("--allow-pickle", action="store_true", help="trust a checkpoint with Python objects")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     args = parser.parse_args(argv)
     from kasf.checkpoint import load_checkpoint
     from kasf.data.sources import build_clip_store
@@ -116,16 +120,23 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
             raise SourceError("--source is required (a SportsPose, WorldPose or generic source file; make one from "
                               "motion capture with kasf-prepare mocap)")
         model = load_checkpoint(args.checkpoint, args.preset, device=args.device, allow_pickle=args.allow_pickle)
+        if not args.no_progress:
+            print(f"kasf-eval: cutting the test windows of {args.source} ...", file=sys.stderr, flush=True)
         stores = build_clip_store(args.source, args.flavour, model.n_frames, cache_dir=args.cache_dir)
         report = evaluate_model(model, stores["test"], flip=not args.no_flip, batch_size=args.batch_size,
-                                device=args.device, precision=args.precision)
+                                device=args.device, precision=args.precision, progress=not args.no_progress)
     except _USER_ERRORS as err:
-        return _fail(err)
+        return report_error("kasf-eval", err)
+    except KeyboardInterrupt:
+        return report_interrupt("kasf-eval", "no report was written")
     report.update(checkpoint=str(args.checkpoint), source=str(args.source), flavour=args.flavour)
     print(format_report(report))
     if args.report:
-        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.report).write_text(json.dumps(report, indent=1, default=_json_default))
+        try:
+            Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.report).write_text(json.dumps(report, indent=1, default=_json_default))
+        except OSError as err:
+            return report_error("kasf-eval", err)
     return 0
 
 

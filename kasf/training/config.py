@@ -17,7 +17,8 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from kasf.model.presets import MODEL_KEYS, PRESETS, model_config
+from kasf.model.presets import MODEL_KEYS, PRESETS, check_model_value, model_config
+from kasf.typed_config import ConfigTypeError, coerce_value
 
 
 class ConfigError(ValueError):
@@ -26,7 +27,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class TrainConfig:
-    """Every training setting, with the reference recipe (docs/model-spec.md) as the default."""
+    """Every training setting, the reference recipe (the paper's released configs) as the default (docs/training.md)."""
 
     # model: a preset name, plus any model keys (reference names) that override it
     preset: str | None = None
@@ -108,34 +109,15 @@ _ALIASES = {"checkpoint_dir": "output_dir", "num_cpus": None, "lambda_3d_velocit
 
 
 def _coerce(value: Any, name: str, where: str) -> Any:
-    target = _FIELDS[name].type
-    if value is None or name == "model":
-        return value
-    text = str(target)
+    """A training key's value as its declared type (the rule of kasf.typed_config, shared with the model keys)."""
+    if name == "model":
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: key 'model' expects a mapping of model keys, got {value!r}")
+        return dict(value)
     try:
-        if text.startswith("bool"):
-            if isinstance(value, str):
-                if value.lower() in ("true", "1", "yes", "on"):
-                    return True
-                if value.lower() in ("false", "0", "no", "off"):
-                    return False
-                raise ValueError(value)
-            return bool(value)
-        if text.startswith("int"):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
-        if text.startswith("float"):
-            return float(value)
-        if text.startswith("list"):
-            if isinstance(value, str):
-                return [v for v in value.split(",") if v]
-            return [str(v) for v in value]
-        if text.startswith("str"):
-            return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: key '{name}' expects {text}, got {value!r}") from None
-    return value
+        return coerce_value(name, value, str(_FIELDS[name].type))
+    except ConfigTypeError as err:
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def config_from_mapping(raw: Mapping[str, Any], where: str = "config", base: TrainConfig | None = None,
@@ -151,9 +133,10 @@ def config_from_mapping(raw: Mapping[str, Any], where: str = "config", base: Tra
     for key, value in values.items():
         key = str(key)
         if key in MODEL_KEYS and key not in _FIELDS:
-            if value == "None":
-                value = None
-            cfg.model[key] = value
+            try:
+                cfg.model[key] = check_model_value(key, value)
+            except ConfigTypeError as err:
+                raise ConfigError(f"{where}: {err}") from None
         elif key in _FIELDS:
             setattr(cfg, key, _coerce(value, key, where))
         elif key in REFERENCE_BOOKKEEPING:
@@ -188,6 +171,19 @@ def _validate(cfg: TrainConfig, where: str) -> None:
         cfg.model_dict()
     except (ValueError, TypeError) as err:
         raise ConfigError(f"{where}: model: {err}") from None
+
+
+def config_keys_help() -> str:
+    """The keys a config or a key=value override may set, for ``kasf-train --help`` (generated, so never stale)."""
+    import textwrap
+
+    def listing(title: str, keys: Sequence[str]) -> str:
+        return f"{title}:\n" + textwrap.fill(", ".join(keys), width=110, initial_indent="  ",
+                                             subsequent_indent="  ", break_on_hyphens=False)
+
+    return "\n".join([listing("training keys", [name for name in _FIELDS if name != "model"]),
+                       listing("model keys (override the preset)", sorted(MODEL_KEYS)),
+                       "Defaults and meanings: docs/training.md (Configs) and kasf/training/config.py."])
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -26,7 +26,8 @@ import torch.distributed as dist
 
 from kasf.hardware import cpu_has_native_bf16
 from kasf._version import __version__
-from kasf.checkpoint import save_checkpoint
+from kasf.checkpoint import CheckpointError, read_raw_checkpoint, save_checkpoint
+from kasf.interrupts import ctrl_c_deferred
 from kasf.model import KASportsFormer, count_parameters
 from kasf.training.config import TrainConfig
 from kasf.data.sources import Windows, build_clip_store
@@ -122,7 +123,8 @@ class TrainingData:
         return mocap_windows(self.train_clips, self.cfg.seed * 100003 + epoch, self.cfg.n_frames, self.stride_train,
                              self.cfg.cameras_per_clip)
 
-    def loader(self, epoch: int) -> torch.utils.data.DataLoader:
+    def loader(self, epoch: int, skip_batches: int = 0) -> torch.utils.data.DataLoader:
+        """The epoch's batches in their fixed order; ``skip_batches`` leaves out those a mid-epoch save had done."""
         windows = self.epoch_windows(epoch)
         dataset = WindowBatches(windows, flip=self.cfg.flip, seed=self.cfg.seed * 7919 + epoch * 31 + self.env.rank)
         generator = torch.Generator().manual_seed(self.cfg.seed * 1000003 + epoch)
@@ -133,7 +135,10 @@ class TrainingData:
             sampler.set_epoch(epoch)
         else:
             sampler = torch.utils.data.RandomSampler(range(len(windows)), generator=generator)
-        batches = torch.utils.data.BatchSampler(sampler, self.cfg.batch_size, drop_last=len(windows) >= self.cfg.batch_size)
+        batches: Any = torch.utils.data.BatchSampler(sampler, self.cfg.batch_size,
+                                                     drop_last=len(windows) >= self.cfg.batch_size)
+        if skip_batches:
+            batches = list(batches)[skip_batches:]
         return torch.utils.data.DataLoader(dataset, sampler=batches, batch_size=None,
                                            num_workers=self.cfg.num_workers,
                                            persistent_workers=False, pin_memory=torch.cuda.is_available())
@@ -196,6 +201,7 @@ class Logs:
     def __init__(self, cfg: TrainConfig, out: Path, enabled: bool) -> None:
         self.enabled = enabled
         self.csv_path = out / "log.csv"
+        self.columns: list[str] | None = None
         self.tb = self.wandb = None
         if not enabled:
             return
@@ -214,8 +220,13 @@ class Logs:
         if not self.enabled:
             return
         new = not self.csv_path.exists()
+        if new:
+            self.columns = list(row)
+        elif self.columns is None:  # a resumed run keeps the columns of the file it appends to
+            with open(self.csv_path, newline="") as f:
+                self.columns = next(csv.reader(f), None) or list(row)
         with open(self.csv_path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
+            writer = csv.DictWriter(f, fieldnames=self.columns, restval="", extrasaction="ignore")
             if new:
                 writer.writeheader()
             writer.writerow(row)
@@ -234,15 +245,72 @@ class Logs:
 
 
 def _training_state(optimizer: torch.optim.Optimizer, schedule: LearningRate, scaler: Any, epoch: int, step: int,
-                    best: float, stale: int, elapsed: float) -> dict[str, Any]:
+                    best: float, stale: int, elapsed: float, batches_done: int = 0,
+                    epoch_sums: dict[str, float] | None = None) -> dict[str, Any]:
+    """What resuming needs besides the weights. ``epoch`` is 0-based; ``batches_done`` > 0 marks a save made in
+    the middle of that epoch (Ctrl-C), with the loss sums of the batches done so far."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
     return {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch, "global_step": step,
             "best_val_mpjpe": best, "epochs_without_improvement": stale, "elapsed_s": elapsed,
-            "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state()[1].tolist()}
+            "batches_done": batches_done, "epoch_sums": dict(epoch_sums or {}),
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": {"name": name, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
+                          "gauss": float(gauss)}}
+
+
+def _restore_numpy_rng(saved: Any) -> None:
+    """Put back numpy's global random state as :func:`_training_state` stored it (older files held only the
+    key array, which cannot be restored exactly: those are left alone)."""
+    if isinstance(saved, dict):
+        np.random.set_state((saved["name"], np.asarray(saved["keys"], dtype=np.uint32), saved["pos"],
+                             saved["has_gauss"], saved["gauss"]))
+
+
+def _read_latest(latest: Path) -> dict[str, Any]:
+    """``latest.pt`` as a dict, or one CheckpointError that says how to get past a bad file."""
+    fix = f"move {latest} away (or set resume=false) to start afresh"
+    try:
+        raw = read_raw_checkpoint(latest, allow_pickle=True)
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}; {fix}") from None
+    if not isinstance(raw, dict) or raw.get("training_state") is None or "state_dict" not in raw:
+        raise CheckpointError(f"{latest}: holds no training state to resume from; {fix}, or use another "
+                              "output_dir")
+    return raw
+
+
+def _finished_because(cfg: TrainConfig, epochs_done: int, elapsed_s: float, stale: int) -> str | None:
+    """Why a run with this progress has nothing left to do (None if it has)."""
+    if epochs_done >= cfg.epochs:
+        return f"all {cfg.epochs} epochs done"
+    if cfg.time_budget_min > 0 and elapsed_s >= cfg.time_budget_min * 60:
+        return f"its time budget of {cfg.time_budget_min} min is spent"
+    if stale >= cfg.training_epoch_patience:
+        return f"early stop after {stale} epochs without a better validation MPJPE"
+    return None
+
+
+def _stop_everywhere(stop_requested: Callable[[], bool], env: Dist, device: torch.device) -> bool:
+    """True on every rank once Ctrl-C reached any of them (ranks must leave the step loop together)."""
+    if env.world_size == 1:
+        return stop_requested()
+    flag = torch.tensor([1.0 if stop_requested() else 0.0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 def train(cfg: TrainConfig, command: str | None = None) -> dict[str, Any]:
-    """Run the config; returns {'best_val_mpjpe', 'epochs_run', 'output_dir', 'best_report'}."""
+    """Run the config; returns {'best_val_mpjpe', 'epochs_run', 'output_dir', 'best_report', 'interrupted'}.
+
+    Ctrl-C (kasf.interrupts) ends the step in hand, saves it to ``latest.pt`` (resumable mid-epoch) and returns
+    with ``interrupted`` True; a second Ctrl-C interrupts at once.
+    """
+    with ctrl_c_deferred() as stop_requested:
+        return _train(cfg, command, stop_requested)
+
+
+def _train(cfg: TrainConfig, command: str | None, stop_requested: Callable[[], bool]) -> dict[str, Any]:
     env = setup_distributed()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -263,27 +331,38 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict[str, Any]:
     schedule = LearningRate(cfg, steps_per_epoch)
 
     start_epoch, step, best, stale, elapsed = 0, 0, math.inf, 0, 0.0
+    resume_batches, resume_sums = 0, {}
     best_report: dict[str, Any] | None = None
     latest = out / "latest.pt"
     if cfg.resume and latest.exists():
-        raw = torch.load(latest, map_location="cpu", weights_only=False)
-        state = raw.get("training_state")
-        if state is None:
-            raise ValueError(f"{latest}: has no training state to resume from; set resume: false or another "
-                             "output_dir")
-        if raw["config"] != model_cfg:
-            raise ValueError(f"{latest}: was trained with another model config; use another output_dir")
+        raw = _read_latest(latest)
+        state = raw["training_state"]
+        if raw.get("config") != model_cfg:
+            raise CheckpointError(f"{latest}: was trained with another model config; use another output_dir (or "
+                                  "set resume=false)")
         model.load_state_dict(raw["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        start_epoch, step = state["epoch"] + 1, state["global_step"]
+        resume_batches, resume_sums = state.get("batches_done", 0), dict(state.get("epoch_sums") or {})
+        start_epoch, step = state["epoch"] + (0 if resume_batches else 1), state["global_step"]
         best, stale, elapsed = state["best_val_mpjpe"], state["epochs_without_improvement"], state["elapsed_s"]
         torch.set_rng_state(state["torch_rng"])
+        _restore_numpy_rng(state.get("numpy_rng"))
         best_report = raw.get("metadata", {}).get("best_report")
+        if env.main:  # epochs are counted from 1 here, as in log.csv and the progress bar
+            where = (f"in epoch {start_epoch + 1} after batch {resume_batches}" if resume_batches
+                     else f"with epoch {start_epoch + 1}")
+            print(f"resumed from {latest} (epochs done: {start_epoch} of {cfg.epochs}), continuing {where} "
+                  f"(step {step}, best {best:.1f} mm)", flush=True)
+    finished = _finished_because(cfg, start_epoch, elapsed, stale)
+    if finished:
         if env.main:
-            print(f"resumed from {latest} at epoch {start_epoch} (step {step}, best {best:.1f} mm)", flush=True)
+            print(f"{latest}: this run is finished ({finished}); nothing was trained or written (raise the limit "
+                  "to train on, or set resume=false to start afresh)", flush=True)
+        return {"best_val_mpjpe": best, "epochs_run": start_epoch, "output_dir": str(out),
+                "best_report": best_report, "interrupted": False}
 
     wrapped: torch.nn.Module = model
     if env.world_size > 1:
@@ -307,18 +386,20 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict[str, Any]:
     for epoch in range(start_epoch, cfg.epochs):
         epoch_start = time.time()
         wrapped.train()
-        sums: dict[str, float] = {}
-        count = 0
-        loader = data.loader(epoch)
+        # A mid-epoch save resumes at the next batch, its loss sums carried on so the epoch's row covers it all.
+        skip, resume_batches = resume_batches, 0
+        sums: dict[str, float] = dict(resume_sums) if skip else {}
+        count = skip
+        loader = data.loader(epoch, skip_batches=skip)
         progress: Iterator = iter(loader)
         bar = None
         if env.main and cfg.progress:
             from tqdm import tqdm
 
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True,
-                       mininterval=1.0 if sys.stderr.isatty() else 30.0)
+                       initial=skip, total=skip + len(loader), mininterval=1.0 if sys.stderr.isatty() else 30.0)
             progress = iter(bar)
-        out_of_time = False
+        out_of_time = interrupted = False
         for x, y in progress:
             trained_s = elapsed + time.time() - epoch_start
             if cfg.time_budget_min > 0 and trained_s >= cfg.time_budget_min * 60:
@@ -354,9 +435,21 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict[str, Any]:
                 sums[k] = sums.get(k, 0.0) + v
             if bar is not None:
                 bar.set_postfix(loss=f"{sums['loss_total'] / count:.4f}", lr=f"{lr:.2e}", refresh=False)
+            if _stop_everywhere(stop_requested, env, device):
+                interrupted = True
+                break
         if bar is not None:
             bar.close()
         elapsed += time.time() - epoch_start
+        if interrupted:
+            if env.main:
+                save_checkpoint(latest, model, cfg.preset, metadata(epoch, None),
+                                training_state=_training_state(optimizer, schedule, scaler, epoch, step, best, stale,
+                                                               elapsed, batches_done=count, epoch_sums=sums))
+            logs.close()
+            return {"best_val_mpjpe": best, "epochs_run": epoch, "output_dir": str(out), "best_report": best_report,
+                    "interrupted": True, "saved": str(latest), "epoch": epoch + 1, "batches_done": count,
+                    "step": step}
         report = None
         last = epoch == cfg.epochs - 1 or out_of_time
         if data.val is not None and ((epoch + 1) % cfg.eval_every == 0 or last):
@@ -389,6 +482,11 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict[str, Any]:
             save_checkpoint(latest, model, cfg.preset, meta,
                             training_state=_training_state(optimizer, schedule, scaler, epoch, step, best, stale,
                                                            elapsed))
+        if _stop_everywhere(stop_requested, env, device):  # Ctrl-C during validation: the epoch is saved whole
+            logs.close()
+            return {"best_val_mpjpe": best, "epochs_run": epoch + 1, "output_dir": str(out),
+                    "best_report": best_report, "interrupted": True, "saved": str(latest), "epoch": epoch + 1,
+                    "batches_done": 0, "step": step}
         if out_of_time:
             if env.main:
                 print(f"time budget of {cfg.time_budget_min} min reached after {step} steps", flush=True)
@@ -400,4 +498,5 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict[str, Any]:
     logs.close()
     if env.world_size > 1:
         dist.barrier()
-    return {"best_val_mpjpe": best, "epochs_run": epoch + 1, "output_dir": str(out), "best_report": best_report}
+    return {"best_val_mpjpe": best, "epochs_run": epoch + 1, "output_dir": str(out), "best_report": best_report,
+            "interrupted": False}

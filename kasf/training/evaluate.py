@@ -34,14 +34,20 @@ def autocast_context(device: torch.device, precision: str) -> contextlib.Abstrac
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, inputs: np.ndarray | torch.Tensor, flip: bool = True, batch_size: int = 256,
-            device: str | torch.device = "cpu", precision: str = "fp32") -> np.ndarray:
-    """Normalised root-relative predictions (N, T, 17, 3) for windows (N, T, 17, 3), with flip TTA if asked."""
+            device: str | torch.device = "cpu", precision: str = "fp32", progress: bool = False) -> np.ndarray:
+    """Normalised root-relative predictions (N, T, 17, 3) for windows (N, T, 17, 3), with flip TTA if asked;
+    ``progress`` shows a bar on stderr (a full test split takes tens of seconds on a CPU)."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
     outputs = []
     try:
-        for start in range(0, len(inputs), batch_size):
+        starts = range(0, len(inputs), batch_size)
+        if progress:
+            from tqdm import tqdm
+
+            starts = tqdm(starts, desc="evaluating", unit="batch", leave=False, dynamic_ncols=True)
+        for start in starts:
             x = torch.as_tensor(np.asarray(inputs[start:start + batch_size]), dtype=torch.float32).to(device)
             with autocast_context(device, precision):
                 y = model(x).float()
@@ -96,12 +102,14 @@ def evaluate_predictions(pred: np.ndarray, windows: Windows) -> dict[str, Any]:
 
 
 def evaluate_model(model: torch.nn.Module, windows: Windows, flip: bool = True, batch_size: int = 256,
-                   device: str | torch.device = "cpu", precision: str = "fp32") -> dict[str, Any]:
+                   device: str | torch.device = "cpu", precision: str = "fp32", progress: bool = False
+                   ) -> dict[str, Any]:
     """Predict every test window and compute the report (see :func:`evaluate_predictions`)."""
     if not windows.is_test:
         raise ValueError("evaluation needs a test split (with joints_2.5d_image, 2.5d_factor and action)")
     inputs = windows.window_field("inputs", np.arange(len(windows)))
-    pred = predict(model, inputs, flip=flip, batch_size=batch_size, device=device, precision=precision)
+    pred = predict(model, inputs, flip=flip, batch_size=batch_size, device=device, precision=precision,
+                   progress=progress)
     report = evaluate_predictions(pred, windows)
     report["flip"] = bool(flip)
     return report
