@@ -7,9 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS="${THREADS:-$(nproc)}"
 kasf-bench --presets kasportsformer-t --threads "$THREADS" \
-  --backends eager-reference,eager-fused,compile,bf16,ort-fp32,ort-int8 --batches 1,8 --min-time 3 --warmup 5 \
+  --backends eager-reference,eager-fused,compile,bf16,ort-fp32,ort-int8,ort-cpu-fp32,ort-cpu-int8 --batches 1,8 --min-time 3 --warmup 5 \
   --json benchmarks/results/cpu_lifter_demo.json --markdown benchmarks/results/cpu_lifter_demo.md
 kasf-bench --presets kasportsformer --threads "$THREADS" \
-  --backends eager-reference,eager-fused,bf16,ort-fp32,ort-int8 --batches 1 --min-time 5 --warmup 2 \
+  --backends eager-reference,eager-fused,bf16,ort-fp32,ort-int8,ort-cpu-fp32,ort-cpu-int8 --batches 1 --min-time 5 --warmup 2 \
   --json benchmarks/results/cpu_lifter_full.json --markdown benchmarks/results/cpu_lifter_full.md
 python benchmarks/update_readme.py

@@ -26,7 +26,8 @@ from kasf.quiet import quiet_third_party
 
 BASELINE = "eager-reference"
 BACKENDS = ("eager-reference", "eager-fused", "compile", "compile-cudagraphs", "cudagraph", "cudagraph-fp16",
-            "cudagraph-bf16", "bf16", "fp16", "ort-fp32", "ort-int8", "trt-fp16", "trt-int8", "triton")
+            "cudagraph-bf16", "bf16", "fp16", "ort-fp32", "ort-int8", "ort-cpu-fp32", "ort-cpu-int8", "trt-fp16",
+            "trt-int8", "triton")
 
 
 @dataclass
@@ -105,7 +106,7 @@ def _runner(backend: str, checkpoint: Path, workdir: Path, device: str, threads:
         except LifterError as err:
             raise RuntimeError(str(err)) from None
     if backend.startswith("ort-"):
-        onnx_path = _onnx_for(checkpoint, workdir, int8=backend == "ort-int8")
+        onnx_path = _onnx_for(checkpoint, workdir, int8=backend.endswith("int8"), cpu_graph="-cpu-" in backend)
         lifter = Lifter.load(onnx_path, device=device, threads=threads)
         return lifter.predict, lifter.precision
     if backend.startswith("trt-"):
@@ -124,20 +125,22 @@ def _runner(backend: str, checkpoint: Path, workdir: Path, device: str, threads:
     raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
 
 
-def _onnx_for(checkpoint: Path, workdir: Path, int8: bool) -> Path:
-    from kasf.checkpoint import read_checkpoint
+def _onnx_for(checkpoint: Path, workdir: Path, int8: bool, cpu_graph: bool = False) -> Path:
+    """The portable ONNX export (ort-fp32/int8) or the ORT-CPU one (ort-cpu-*), quantised when int8."""
     from kasf.artefact import build_metadata
-    from kasf.export.onnx_export import export_onnx, quantize_int8
-    from kasf.checkpoint import load_checkpoint
+    from kasf.checkpoint import load_checkpoint, read_checkpoint
+    from kasf.export.onnx_export import export_onnx, export_onnxruntime_cpu, quantize_int8
 
-    fp32 = workdir / f"{checkpoint.stem}.onnx"
+    stem = f"{checkpoint.stem}.cpu" if cpu_graph else checkpoint.stem
+    fp32 = workdir / f"{stem}.onnx"
     model = load_checkpoint(checkpoint)
     info = read_checkpoint(checkpoint)
     if not fp32.exists():
-        export_onnx(model, fp32, build_metadata(model.config, info.preset, "fp32", "decomposed", (1, 8, 64), None))
+        export = export_onnxruntime_cpu if cpu_graph else export_onnx
+        export(model, fp32, build_metadata(model.config, info.preset, "fp32", "decomposed", (1, 8, 64), None))
     if not int8:
         return fp32
-    path = workdir / f"{checkpoint.stem}.int8.onnx"
+    path = workdir / f"{stem}.int8.onnx"
     if not path.exists():
         quantize_int8(fp32, path, build_metadata(model.config, info.preset, "int8", "decomposed", (1, 8, 64), None))
     return path

@@ -37,7 +37,7 @@ def test_fused_inference_path_matches_too(official_small):
     model.load_state_dict(_strip(official_small["checkpoint"]["model"]))
     with torch.no_grad():
         assert (model(official_small["inputs"]) - official_small["outputs"]).abs().max().item() < 1e-5
-    with pytest.raises(ValueError, match="'fused' or 'reference'"):
+    with pytest.raises(ValueError, match="inference path must be one of"):
         model.set_inference_path("turbo")
 
 

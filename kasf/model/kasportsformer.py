@@ -16,6 +16,7 @@ from kasf import skeleton
 from kasf.model.anatomy import BoneExtractor, LimbFuser
 from kasf.model.layers import Attention, FormerModule
 
+INFERENCE_PATHS = ("reference", "fused", "onnxruntime")
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
 
 # Keywords the reference accepts whose non-default values no released KASportsFormer uses and kasf does not build.
@@ -134,15 +135,18 @@ class KASportsFormer(nn.Module):
 
     def set_inference_path(self, path: str) -> "KASportsFormer":
         """'reference' (default): the reference code's formulation. 'fused': scaled_dot_product_attention and the
-        51 limb MLPs as two grouped contractions. Same weights, same function (fixtures match both to 1e-5); on the
-        2-core CPU of benchmarks/results the fused path was not faster, so it is opt-in (aimed at GPU kernels)."""
-        if path not in ("fused", "reference"):
-            raise ValueError(f"inference path must be 'fused' or 'reference', got {path!r}")
+        51 limb MLPs as two dense block-matrix products. 'onnxruntime': 'fused', and an ONNX export writes each
+        attention as one ONNX Runtime contrib node (only ORT runs that graph). Same weights, same function
+        (fixtures match each path to 1e-5); eager on the 2-core CPU of benchmarks/results the fused path was not
+        faster, so it is opt-in."""
+        if path not in INFERENCE_PATHS:
+            raise ValueError(f"inference path must be one of {', '.join(map(repr, INFERENCE_PATHS))}, got {path!r}")
         for module in self.modules():
             if isinstance(module, Attention):
-                module.fused = path == "fused"
+                module.fused = path != "reference"
+                module.onnxruntime_nodes = path == "onnxruntime"
             elif isinstance(module, LimbFuser):
-                module.grouped = path == "fused"
+                module.grouped = path != "reference"
         return self
 
     @property

@@ -7,6 +7,7 @@ are fixed at construction, adjacency matrices are buffers and top-k uses a const
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -58,6 +59,50 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, dro
     return dropout(attn.softmax(dim=-1)) @ v
 
 
+class _OrtAttention(torch.autograd.Function):
+    """Multi-head attention over token rows (N, L, D) that exports as ONE ONNX Runtime contrib node.
+
+    Eager it is scaled_dot_product_attention. In an ONNX export, self-attention becomes com.microsoft::Attention
+    (the QKV projection, the scaled dot product and the head merge in one kernel) and cross-attention
+    com.microsoft::MultiHeadAttention. Why: the standard-op form is a 6D reshape, a transpose, a split, three
+    squeezes, two batched MatMuls, a Softmax and another transpose per module, about 2,000 nodes on the released
+    size that ORT's optimiser does not fuse; ORT runs each node with its own dispatch and copy.
+    Only ONNX Runtime runs these nodes, so only the ``onnxruntime`` inference path uses this.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, num_heads: int,
+                scale: float) -> torch.Tensor:
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.unflatten(-1, (num_heads, -1)).transpose(1, 2)  # (N, H, L, d)
+
+        out = nn.functional.scaled_dot_product_attention(heads(query), heads(key), heads(value), scale=scale)
+        return out.transpose(1, 2).flatten(2)
+
+    @staticmethod
+    def symbolic(g: Any, query: Any, key: Any, value: Any, num_heads: int, scale: float) -> Any:
+        out = g.op("com.microsoft::MultiHeadAttention", query, key, value, num_heads_i=num_heads, scale_f=scale)
+        out.setType(query.type())  # (N, L, D) like the query: keeps the exporter's shape inference whole
+        return out
+
+
+class _OrtSelfAttention(torch.autograd.Function):
+    """Self-attention with its QKV projection as one com.microsoft::Attention node (see _OrtAttention)."""
+
+    @staticmethod
+    def forward(ctx: Any, tokens: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_heads: int,
+                scale: float) -> torch.Tensor:
+        q, k, v = nn.functional.linear(tokens, weight, bias).chunk(3, dim=-1)
+        return _OrtAttention.forward(ctx, q, k, v, num_heads, scale)
+
+    @staticmethod
+    def symbolic(g: Any, tokens: Any, weight: Any, bias: Any, num_heads: int, scale: float) -> Any:
+        weight_t = g.op("Transpose", weight, perm_i=[1, 0])  # (D, 3D): ORT's layout; folded into the initializer
+        out = g.op("com.microsoft::Attention", tokens, weight_t, bias, num_heads_i=num_heads, scale_f=scale)
+        out.setType(tokens.type())
+        return out
+
+
 class Attention(nn.Module):
     """Multi-head self-attention over the joints of a frame (spatial) or the frames of a joint (temporal)."""
 
@@ -71,6 +116,7 @@ class Attention(nn.Module):
         self.n_frames, self.num_joints, self.dim = n_frames, num_joints, dim
         self.scale = qk_scale or self.head_dim ** -0.5
         self.fused = False  # True: scaled_dot_product_attention; False: the reference's matmul-softmax-matmul
+        self.onnxruntime_nodes = False  # True: an ONNX export writes ORT's contrib attention nodes (_OrtAttention)
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
@@ -88,7 +134,25 @@ class Attention(nn.Module):
         t = t.permute(0, 2, 3, 1, 4) if self.mode == "spatial" else t.permute(0, 3, 2, 1, 4)
         return t.reshape(-1, self.n_frames, self.num_joints, self.dim)
 
+    def _tokens(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, T, J, C) -> rows of the sequences attended over: (B*T, J, C) spatial, (B*J, T, C) temporal."""
+        if self.mode == "spatial":
+            return t.reshape(-1, self.num_joints, t.shape[-1])
+        return t.transpose(1, 2).reshape(-1, self.n_frames, t.shape[-1])
+
+    def _untokens(self, t: torch.Tensor) -> torch.Tensor:
+        if self.mode == "spatial":
+            return t.reshape(-1, self.n_frames, self.num_joints, t.shape[-1])
+        return t.reshape(-1, self.num_joints, self.n_frames, t.shape[-1]).transpose(1, 2)
+
+    def _exports_ort_nodes(self) -> bool:
+        return self.onnxruntime_nodes and torch.onnx.is_in_onnx_export()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._exports_ort_nodes():
+            bias = self.qkv.bias if self.qkv.bias is not None else x.new_zeros(3 * self.dim)
+            out = _OrtSelfAttention.apply(self._tokens(x), self.qkv.weight, bias, self.num_heads, self.scale)
+            return self.proj_drop(self.proj(self._untokens(out)))
         q, k, v = self._split_heads(self.qkv(x), 3).unbind(0)
         out = self._merge_heads(_attend(q, k, v, self.scale, self.attn_drop, self.fused))
         return self.proj_drop(self.proj(out))
@@ -106,6 +170,10 @@ class BoneCrossAttention(Attention):
         self.qkv_kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
 
     def forward(self, x: torch.Tensor, limb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if self._exports_ort_nodes():
+            k, v = self.qkv_kv(self._tokens(limb)).chunk(2, dim=-1)
+            out = _OrtAttention.apply(self.qkv_q(self._tokens(x)), k, v, self.num_heads, self.scale)
+            return self.proj_drop(self.proj(self._untokens(out)))
         q = self._split_heads(self.qkv_q(x), 1)[0]
         k, v = self._split_heads(self.qkv_kv(limb), 2).unbind(0)
         out = self._merge_heads(_attend(q, k, v, self.scale, self.attn_drop, self.fused))

@@ -207,7 +207,10 @@ def _load_onnxruntime(path: Path, device: str, precision: str | None, allow_fall
     from kasf.anatomy_op.onnx_modes import ort_session  # registers the AnatomyFeatures op for --anatomy-op plugin models
 
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # A graph kasf-export already optimised (metadata ort_optimized) gets only the basic passes: start-up does not
+    # redo the fusions. Others get all of ORT's optimisations, applied at every load.
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if meta.get("ort_optimized")
+                                        else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     if threads:
         options.intra_op_num_threads = threads
     fallback = [] if wanted == "CPUExecutionProvider" else ["CPUExecutionProvider"]
