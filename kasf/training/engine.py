@@ -27,7 +27,7 @@ import torch.distributed as dist
 from kasf.hardware import cpu_has_native_bf16
 from kasf._version import __version__
 from kasf.checkpoint import save_checkpoint
-from kasf.model import KASportsFormer, count_parameters
+from kasf.model import count_parameters, model_from_config, model_label
 from kasf.training.config import TrainConfig
 from kasf.data.sources import Windows, build_clip_store
 from kasf.training.datasets import WindowBatches, mocap_windows
@@ -256,7 +256,7 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict[str, Any]:
 
     data = TrainingData(cfg, env)
     model_cfg = cfg.model_dict()
-    model = KASportsFormer(**model_cfg).to(device)
+    model = model_from_config(model_cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     steps_per_epoch = len(data.loader(0))
@@ -292,7 +292,7 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict[str, Any]:
             model, device_ids=[env.local_rank] if device.type == "cuda" else None, find_unused_parameters=True)
     logs = Logs(cfg, out, env.main)
     if env.main and start_epoch == 0:
-        print(f"training {model_cfg.get('use_anatomy') and 'KASportsFormer' or 'MotionAGFormer'} "
+        print(f"training {model_label(model_cfg)} "
               f"({count_parameters(model):,} parameters) on {device} in {precision}; {data.description}; "
               f"{steps_per_epoch} steps/epoch x {cfg.epochs} epochs", flush=True)
 
