@@ -93,6 +93,7 @@ class TrainingData:
         self.env = env
         stride_train = cfg.data_stride_train or max(cfg.n_frames // 3, 1)
         self.stride_train = stride_train
+        self._pool: dict[int, Windows] = {}
         if cfg.data_flavour == "mocap":
             clips = load_clips(cfg.mocap_root)
             self.train_clips, val_clips = split_by_subject(clips, cfg.val_subjects)
@@ -117,10 +118,18 @@ class TrainingData:
             self.description = f"{cfg.data_flavour} {cfg.source_file}: {len(self.store)} training windows"
 
     def epoch_windows(self, epoch: int) -> Windows:
+        """The epoch's training windows. Mocap draws new cameras and noise every epoch, or, with
+        ``camera_pool: K``, cycles K camera sets rendered once (kept in memory: a render is never paid twice)."""
         if self.store is not None:
             return self.store
-        return mocap_windows(self.train_clips, self.cfg.seed * 100003 + epoch, self.cfg.n_frames, self.stride_train,
-                             self.cfg.cameras_per_clip)
+        draw = epoch % self.cfg.camera_pool if self.cfg.camera_pool > 0 else epoch
+        if draw not in self._pool:
+            windows = mocap_windows(self.train_clips, self.cfg.seed * 100003 + draw, self.cfg.n_frames,
+                                    self.stride_train, self.cfg.cameras_per_clip)
+            if self.cfg.camera_pool <= 0:
+                return windows
+            self._pool[draw] = windows
+        return self._pool[draw]
 
     def loader(self, epoch: int) -> torch.utils.data.DataLoader:
         windows = self.epoch_windows(epoch)
@@ -233,6 +242,17 @@ class Logs:
             self.wandb.finish()
 
 
+# Steps between the loop's host syncs (finite-loss check, progress bar): reading a GPU number every step would
+# stall the launch queue; a NaN is still caught within this many steps.
+SYNC_EVERY = 25
+
+
+def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int) -> None:
+    if not torch.isfinite(loss_sum):
+        raise FloatingPointError(f"loss became {float(loss_sum)} at epoch {epoch + 1} (by step {step}); lower "
+                                 "learning_rate or use precision fp32")
+
+
 def _training_state(optimizer: torch.optim.Optimizer, schedule: LearningRate, scaler: Any, epoch: int, step: int,
                     best: float, stale: int, elapsed: float) -> dict[str, Any]:
     return {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
@@ -319,7 +339,14 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict[str, Any]:
                        mininterval=1.0 if sys.stderr.isatty() else 30.0)
             progress = iter(bar)
         out_of_time = False
-        for x, y in progress:
+        data_wait = 0.0  # seconds the step sat idle waiting for the next batch
+        while True:
+            asked = time.perf_counter()
+            batch = next(progress, None)
+            data_wait += time.perf_counter() - asked
+            if batch is None:
+                break
+            x, y = batch
             trained_s = elapsed + time.time() - epoch_start
             if cfg.time_budget_min > 0 and trained_s >= cfg.time_budget_min * 60:
                 out_of_time = True
@@ -331,9 +358,6 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict[str, Any]:
             with autocast_context(device, precision):
                 pred = wrapped(x)
             loss, parts = total_loss(pred, y, cfg.lambda_n_mpjpe, cfg.lambda_mpjpe_velocity)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {float(loss)} at epoch {epoch + 1}, step {step}; lower "
-                                         "learning_rate or use precision fp32")
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -349,14 +373,24 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict[str, Any]:
                 optimizer.step()
             step += 1
             count += 1
-            parts["loss_total"] = float(loss.detach())
+            parts["loss_total"] = loss.detach()
             for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v
-            if bar is not None:
-                bar.set_postfix(loss=f"{sums['loss_total'] / count:.4f}", lr=f"{lr:.2e}", refresh=False)
+                sums[k] = sums[k] + v if k in sums else v
+            if count % SYNC_EVERY == 0:  # the only host sync of the loop: a finite check and the bar
+                _check_finite(sums["loss_total"], epoch, step)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{float(sums['loss_total']) / count:.4f}", lr=f"{lr:.2e}", refresh=False)
         if bar is not None:
             bar.close()
-        elapsed += time.time() - epoch_start
+        train_s = time.time() - epoch_start
+        elapsed += train_s
+        if count:
+            _check_finite(sums["loss_total"], epoch, step)
+        sums_f = {k: float(v) for k, v in sums.items()}
+        if env.main and count and data_wait > cfg.data_wait_warning * train_s:
+            print(f"warning: data workers starved: the model waited {data_wait:.1f} s of this epoch's "
+                  f"{train_s:.1f} s for batches ({100 * data_wait / train_s:.0f} %); raise num_workers "
+                  f"(now {cfg.num_workers}) or use camera_pool", flush=True)
         report = None
         last = epoch == cfg.epochs - 1 or out_of_time
         if data.val is not None and ((epoch + 1) % cfg.eval_every == 0 or last):
@@ -375,11 +409,13 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict[str, Any]:
         elif val is not None:
             stale += 1
         row = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
-               **{k: round(v / max(count, 1), 6) for k, v in sums.items()},
+               **{k: round(v / max(count, 1), 6) for k, v in sums_f.items()},
                "val_mpjpe": round(val, 2) if val is not None else "",
                "val_p_mpjpe": round(report["p_mpjpe"], 2) if report else "",
                "best_val_mpjpe": round(best, 2) if best < math.inf else "",
-               "epoch_time_s": round(time.time() - epoch_start, 1), "elapsed_s": round(elapsed, 1)}
+               "epoch_time_s": round(time.time() - epoch_start, 1), "elapsed_s": round(elapsed, 1),
+               "train_samples_per_s": round(count * cfg.batch_size * env.world_size / max(train_s, 1e-9), 2),
+               "data_wait_s": round(data_wait, 2)}
         if env.main:
             logs.write(row)
             print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
