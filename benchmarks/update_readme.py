@@ -30,6 +30,7 @@ PERFORMANCE_RESULTS = (
     ("cpu_profile_full.md", "Where the released size's time goes on this CPU "
                             "(`python benchmarks/profile_lifter.py --out benchmarks/results/cpu_profile_full.md`)"),
     ("stream_cpu.md", "kasf-stream on this CPU (`python benchmarks/stream_bench.py`)"),
+    ("train_pipeline_cpu.md", "kasf-train samples/s on this CPU (`python benchmarks/train_pipeline_throughput.py`)"),
     ("triton_scaleout_cpu.md", "Many streams, one Triton server, on this CPU "
                                "(`python benchmarks/triton_scaleout.py --server-threads 1`)"),
     ("gpu/lifter.md", "Lifter on a GPU (`bash benchmarks/gpu_check.sh benchmarks/results/gpu` on a machine with an "

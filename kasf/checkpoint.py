@@ -24,8 +24,7 @@ from kasf import skeleton
 from kasf._version import __version__
 from kasf.atomic import atomic_path
 from kasf.conventions import NORMALIZATION_NAME
-from kasf.model.kasportsformer import KASportsFormer
-from kasf.model.presets import PRESETS, model_config
+from kasf.model.presets import PRESETS, model_config, model_from_config
 
 FORMAT_NAME = "kasf-checkpoint"
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -166,18 +165,20 @@ def check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tens
         more = f"\n    ... and {len(items) - 8} more" if len(items) > 8 else ""
         return f"\n  {title} ({len(items)}):\n    {shown}{more}" if items else ""
 
+    config = getattr(model, "config", {})
+    shape = ", ".join(f"{k}={config[k]}" for k in ("model_name", "n_layers", "dim_feat", "n_blocks", "hidden_dim")
+                      if k in config)
     raise CheckpointError(
-        f"{source} does not fit the requested architecture "
-        f"(n_layers={getattr(model, 'config', {}).get('n_layers')}, "
-        f"dim_feat={getattr(model, 'config', {}).get('dim_feat')}):"
+        f"{source} does not fit the requested architecture ({shape}):"
         + listing("missing keys", missing) + listing("unexpected keys", unexpected)
         + listing("shape mismatches", mismatched)
         + "\n  Pass the preset or config the checkpoint was trained with.")
 
 
 def load_checkpoint(path: str | os.PathLike, preset_or_config: str | os.PathLike | Mapping[str, Any] | None = None,
-                    device: str | torch.device = "cpu", allow_pickle: bool = False) -> KASportsFormer:
-    """A ready model (eval mode) from a kasf checkpoint or a reference-layout checkpoint.
+                    device: str | torch.device = "cpu", allow_pickle: bool = False) -> torch.nn.Module:
+    """A ready model (eval mode: KASportsFormer, MotionAGFormer or the per-frame MLP) from a kasf checkpoint or a
+    reference-layout checkpoint.
 
     For a kasf checkpoint the stored config is used; a given preset/config must then agree with it. A
     reference-layout checkpoint needs ``preset_or_config`` (e.g. "kasportsformer" for the released files).
@@ -188,7 +189,7 @@ def load_checkpoint(path: str | os.PathLike, preset_or_config: str | os.PathLike
         if preset_or_config is not None:
             requested, _ = _resolve_config(preset_or_config)
             differing = {k: (config.get(k), v) for k, v in requested.items() if config.get(k) != v
-                         and k not in ("drop", "attn_drop", "drop_path")}
+                         and k not in ("drop", "attn_drop", "drop_path", "dropout")}
             if differing:
                 raise CheckpointError(f"{path}: stored config differs from the requested one: "
                                       + ", ".join(f"{k}: stored {a!r}, requested {b!r}"
@@ -199,7 +200,7 @@ def load_checkpoint(path: str | os.PathLike, preset_or_config: str | os.PathLike
                 f"{path} is a reference-layout checkpoint, which stores no architecture: pass a preset "
                 f"(e.g. 'kasportsformer' for the released files) or the reference YAML config")
         config, _ = _resolve_config(preset_or_config)
-    model = KASportsFormer(**config)
+    model = model_from_config(config)
     check_state_dict(model, info.state_dict, str(path))
     model.load_state_dict(info.state_dict, strict=True)
     return model.to(device).eval()
@@ -210,7 +211,7 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def save_checkpoint(path: str | os.PathLike, model: KASportsFormer, preset: str | None = None,
+def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, preset: str | None = None,
                     metadata: Mapping[str, Any] | None = None,
                     training_state: Mapping[str, Any] | None = None) -> Path:
     """Write the kasf format (written to a temporary name, then renamed: never a half file).

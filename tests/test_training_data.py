@@ -251,7 +251,7 @@ def test_every_shipped_config_loads():
     for path in configs:
         cfg = load_config(path)
         model = cfg.model_dict()
-        families.add((cfg.data_flavour, model["use_anatomy"]))
+        families.add((cfg.data_flavour, model.get("use_anatomy", model.get("model_name"))))
         assert cfg.output_dir.startswith("runs/")
     assert {("sportspose", True), ("sportspose", False), ("worldpose", True), ("worldpose", False),
-            ("mocap", True), ("mocap", False)} <= families
+            ("mocap", True), ("mocap", False), ("mocap", "mlp")} <= families

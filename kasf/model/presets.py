@@ -2,7 +2,8 @@
 
 ``build("kasportsformer-s")`` makes a model by name; ``build({...})`` from a config dict (reference key names,
 extra training keys ignored). Each KASportsFormer preset has a MotionAGFormer twin of the same size without the
-anatomy branch (``motionagformer-s``), the baseline the paper compares against.
+anatomy branch (``motionagformer-s``), the baseline the paper compares against. ``mlp-baseline`` is the per-frame
+MLP (``model_name: mlp``, :mod:`kasf.model.mlp`): no temporal context, the floor a temporal model has to clear.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from typing import Any, Mapping
 
 import torch
 
+from torch import nn
+
 from kasf.model.kasportsformer import KASportsFormer
+from kasf.model.mlp import MODEL_NAME as MLP_NAME, PerFrameMLP
 from kasf.typed_config import coerce_value
 
 _SIZES: dict[str, dict[str, Any]] = {
@@ -28,12 +32,15 @@ _FAMILIES = {"kasportsformer": dict(use_anatomy=True), "motionagformer": dict(us
 PRESETS: dict[str, dict[str, Any]] = {
     family + suffix: {**size, **extra} for family, extra in _FAMILIES.items() for suffix, size in _SIZES.items()
 }
+# Martinez et al.'s size: two residual blocks of width 1024 (4.3 M parameters), applied to every frame alone.
+PRESETS["mlp-baseline"] = dict(model_name=MLP_NAME, hidden_dim=1024, n_blocks=2, dropout=0.25)
 PRESET_NOTES = {
     "kasportsformer": "released configuration (SportsPose/WorldPose checkpoints)",
     "kasportsformer-b": "GPU box",
     "kasportsformer-s": "Jetson Orin",
     "kasportsformer-xs": "Jetson / laptop CPU",
     "kasportsformer-t": "CPU real time; the demo checkpoint",
+    "mlp-baseline": "per-frame baseline (no temporal context); columns: residual blocks, width",
 }
 
 # Parameters and GFLOPs per 27-frame window of each preset, stored so that `kasf-info --presets` is instant (the
@@ -49,12 +56,21 @@ PRESET_COSTS: dict[str, tuple[int, float]] = {
     "motionagformer-s": (2241531, 2.1319),
     "motionagformer-xs": (1121503, 1.0661),
     "motionagformer-t": (192843, 0.1888),
+    "mlp-baseline": (4314163, 0.2321),
 }
 
-MODEL_KEYS: frozenset[str] = frozenset(inspect.signature(KASportsFormer.__init__).parameters) - {"self"}
-# Each model key's declared type, as the constructor's annotation text ('float', 'float | None', ...).
-MODEL_KEY_TYPES: dict[str, str] = {k: str(p.annotation) for k, p in
-                                   inspect.signature(KASportsFormer.__init__).parameters.items() if k != "self"}
+
+def _keys(cls: type) -> frozenset[str]:
+    return frozenset(inspect.signature(cls.__init__).parameters) - {"self"}
+
+
+TRANSFORMER_KEYS = _keys(KASportsFormer)
+MLP_KEYS = _keys(PerFrameMLP)
+# Every model key a config may carry; which of them apply depends on model_name.
+MODEL_KEYS: frozenset[str] = TRANSFORMER_KEYS | MLP_KEYS
+# Each model key's declared type, as its constructor's annotation text ('float', 'float | None', ...).
+MODEL_KEY_TYPES: dict[str, str] = {k: str(p.annotation) for cls in (PerFrameMLP, KASportsFormer) for k, p in
+                                   inspect.signature(cls.__init__).parameters.items() if k != "self"}
 _MODEL_NAMES = {"kasportsformer": True, "motionagformer": False}
 
 
@@ -62,32 +78,48 @@ def model_config(preset_or_config: str | Mapping[str, Any], **overrides: Any) ->
     """The full constructor config for a preset name or a (reference-style) config mapping.
 
     Training keys of a reference YAML (learning_rate, batch_size, ...) are ignored here; ``model_name``
-    picks KASportsFormer or MotionAGFormer. Every value is checked against its key's type (numeric strings such
-    as PyYAML's '1e-05' become numbers); a misfit raises :class:`~kasf.typed_config.ConfigTypeError`.
+    picks KASportsFormer, MotionAGFormer or the per-frame MLP. A model key that does not apply to the chosen
+    model (e.g. ``num_heads`` for the MLP) is an error naming every such key, never silently dropped. Every value
+    is checked against its key's type (numeric strings such as PyYAML's '1e-05' become numbers); a misfit raises
+    :class:`~kasf.typed_config.ConfigTypeError`.
     """
     if isinstance(preset_or_config, str):
         if preset_or_config not in PRESETS:
             raise ValueError(f"unknown preset {preset_or_config!r}; choose one of: {', '.join(PRESETS)}")
-        config = dict(PRESETS[preset_or_config])
+        raw: Mapping[str, Any] = PRESETS[preset_or_config]
     else:
-        config = {k: v for k, v in preset_or_config.items() if k in MODEL_KEYS}
-        name = str(preset_or_config.get("model_name", "")).lower()
-        if name and "use_anatomy" not in config:
-            if name not in _MODEL_NAMES:
-                raise ValueError(f"model_name {preset_or_config['model_name']!r} is not one of KASportsFormer, "
-                                 "MotionAGFormer")
-            config["use_anatomy"] = _MODEL_NAMES[name]
+        raw = preset_or_config
+    config = {k: v for k, v in raw.items() if k in MODEL_KEYS}
     unknown = set(overrides) - MODEL_KEYS
     if unknown:
         raise ValueError(f"unknown model keys {sorted(unknown)}; valid keys: {sorted(MODEL_KEYS)}")
     config.update(overrides)
+    name = str(raw.get("model_name") or "").lower()
+    if name == MLP_NAME:
+        _reject_foreign_keys(config, MLP_KEYS, "the per-frame MLP (model_name: mlp)")
+        mlp = {**_defaults(PerFrameMLP), **config}
+        return {**{key: check_model_value(key, value) for key, value in mlp.items()}, "model_name": MLP_NAME}
+    _reject_foreign_keys(config, TRANSFORMER_KEYS, "KASportsFormer / MotionAGFormer")
+    if name and "use_anatomy" not in config:
+        if name not in _MODEL_NAMES:
+            raise ValueError(f"model_name {raw['model_name']!r} is not one of KASportsFormer, MotionAGFormer, mlp")
+        config["use_anatomy"] = _MODEL_NAMES[name]
     return _complete(config)
 
 
+def _reject_foreign_keys(config: Mapping[str, Any], valid: frozenset[str], model: str) -> None:
+    foreign = sorted(set(config) - valid)
+    if foreign:
+        raise ValueError(f"keys {', '.join(foreign)} do not apply to {model}; remove them "
+                         f"(its model keys: {', '.join(sorted(valid))})")
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    return {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
+
+
 def _complete(config: dict[str, Any]) -> dict[str, Any]:
-    defaults = {k: p.default for k, p in inspect.signature(KASportsFormer.__init__).parameters.items()
-                if k != "self"}
-    full = {**defaults, **config}
+    full = {**_defaults(KASportsFormer), **config}
     if not isinstance(full["act_layer"], str):
         full["act_layer"] = full["act_layer"].__name__.lower()
     return {key: check_model_value(key, value) for key, value in full.items()}
@@ -100,16 +132,30 @@ def check_model_value(key: str, value: Any) -> Any:
     return coerce_value(key, value, MODEL_KEY_TYPES[key])
 
 
-def build(preset_or_config: str | Mapping[str, Any] = "kasportsformer", **overrides: Any) -> KASportsFormer:
+def build(preset_or_config: str | Mapping[str, Any] = "kasportsformer", **overrides: Any) -> nn.Module:
     """A freshly initialised model from a preset name or a config mapping."""
-    return KASportsFormer(**model_config(preset_or_config, **overrides))
+    return model_from_config(model_config(preset_or_config, **overrides))
+
+
+def model_from_config(config: Mapping[str, Any]) -> nn.Module:
+    """The network a full config (the output of :func:`model_config`, or a checkpoint's) describes."""
+    if config.get("model_name") == MLP_NAME:
+        return PerFrameMLP(**{k: v for k, v in config.items() if k != "model_name"})
+    return KASportsFormer(**config)
+
+
+def model_label(config: Mapping[str, Any]) -> str:
+    """A human name for a full config: 'KASportsFormer', 'MotionAGFormer' or 'per-frame MLP'."""
+    if config.get("model_name") == MLP_NAME:
+        return "per-frame MLP"
+    return "KASportsFormer" if config.get("use_anatomy", True) else "MotionAGFormer"
 
 
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def gflops_per_window(model: KASportsFormer) -> float:
+def gflops_per_window(model: nn.Module) -> float:
     """Floating-point operations (multiply and add counted separately) of one forward pass on one window."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -128,6 +174,9 @@ def presets_table() -> str:
             "|---|---|---|---|---|---|---|---|"]
     for name, cfg in PRESETS.items():
         parameters, gflops = PRESET_COSTS[name]
-        rows.append(f"| `{name}` | {cfg['n_layers']} | {cfg['dim_feat']} | {cfg['dim_rep']} | {cfg['num_heads']} | "
-                    f"{parameters:,} | {gflops:.2f} | {PRESET_NOTES.get(name, '')} |")
+        if cfg.get("model_name") == MLP_NAME:
+            shape = f"{cfg['n_blocks']} | {cfg['hidden_dim']} | - | -"
+        else:
+            shape = f"{cfg['n_layers']} | {cfg['dim_feat']} | {cfg['dim_rep']} | {cfg['num_heads']}"
+        rows.append(f"| `{name}` | {shape} | {parameters:,} | {gflops:.2f} | {PRESET_NOTES.get(name, '')} |")
     return "\n".join(rows)

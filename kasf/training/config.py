@@ -39,6 +39,7 @@ class TrainConfig:
     mocap_root: str | None = None  # folder of 3D clips (flavour mocap)
     val_subjects: list[str] = field(default_factory=lambda: ["cmu16"])
     cameras_per_clip: int = 4  # mocap: cameras drawn per training clip and epoch
+    camera_pool: int = 0  # mocap: > 0 renders this many camera sets once and cycles them (0: new ones every epoch)
     val_cameras_per_clip: int = 4
     val_seed: int = 1234  # mocap: fixed validation cameras
     n_frames: int = 27
@@ -47,6 +48,7 @@ class TrainConfig:
     short_clips: str = "resample"  # resample | drop | error
     cache_dir: str | None = None
     num_workers: int = 0
+    data_wait_warning: float = 0.1  # warn when the step waited this fraction of an epoch for batches
     # recipe (reference names)
     learning_rate: float = 5e-4
     weight_decay: float = 0.01

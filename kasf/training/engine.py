@@ -28,7 +28,7 @@ from kasf.hardware import cpu_has_native_bf16
 from kasf._version import __version__
 from kasf.checkpoint import CheckpointError, read_raw_checkpoint, save_checkpoint
 from kasf.interrupts import ctrl_c_deferred
-from kasf.model import KASportsFormer, count_parameters
+from kasf.model import count_parameters, model_from_config, model_label
 from kasf.training.config import TrainConfig
 from kasf.data.sources import Windows, build_clip_store
 from kasf.training.datasets import WindowBatches, mocap_windows
@@ -94,6 +94,7 @@ class TrainingData:
         self.env = env
         stride_train = cfg.data_stride_train or max(cfg.n_frames // 3, 1)
         self.stride_train = stride_train
+        self._pool: dict[int, Windows] = {}
         if cfg.data_flavour == "mocap":
             clips = load_clips(cfg.mocap_root)
             self.train_clips, val_clips = split_by_subject(clips, cfg.val_subjects)
@@ -118,10 +119,18 @@ class TrainingData:
             self.description = f"{cfg.data_flavour} {cfg.source_file}: {len(self.store)} training windows"
 
     def epoch_windows(self, epoch: int) -> Windows:
+        """The epoch's training windows. Mocap draws new cameras and noise every epoch, or, with
+        ``camera_pool: K``, cycles K camera sets rendered once (kept in memory: a render is never paid twice)."""
         if self.store is not None:
             return self.store
-        return mocap_windows(self.train_clips, self.cfg.seed * 100003 + epoch, self.cfg.n_frames, self.stride_train,
-                             self.cfg.cameras_per_clip)
+        draw = epoch % self.cfg.camera_pool if self.cfg.camera_pool > 0 else epoch
+        if draw not in self._pool:
+            windows = mocap_windows(self.train_clips, self.cfg.seed * 100003 + draw, self.cfg.n_frames,
+                                    self.stride_train, self.cfg.cameras_per_clip)
+            if self.cfg.camera_pool <= 0:
+                return windows
+            self._pool[draw] = windows
+        return self._pool[draw]
 
     def loader(self, epoch: int, skip_batches: int = 0) -> torch.utils.data.DataLoader:
         """The epoch's batches in their fixed order; ``skip_batches`` leaves out those a mid-epoch save had done."""
@@ -244,6 +253,17 @@ class Logs:
             self.wandb.finish()
 
 
+# Steps between the loop's host syncs (finite-loss check, progress bar): reading a GPU number every step would
+# stall the launch queue; a NaN is still caught within this many steps.
+SYNC_EVERY = 25
+
+
+def _check_finite(loss_sum: torch.Tensor | float, epoch: int, step: int) -> None:
+    if not torch.isfinite(torch.as_tensor(loss_sum)):
+        raise FloatingPointError(f"loss became {float(loss_sum)} at epoch {epoch + 1} (by step {step}); lower "
+                                 "learning_rate or use precision fp32")
+
+
 def _training_state(optimizer: torch.optim.Optimizer, schedule: LearningRate, scaler: Any, epoch: int, step: int,
                     best: float, stale: int, elapsed: float, batches_done: int = 0,
                     epoch_sums: dict[str, float] | None = None) -> dict[str, Any]:
@@ -324,7 +344,7 @@ def _train(cfg: TrainConfig, command: str | None, stop_requested: Callable[[], b
 
     data = TrainingData(cfg, env)
     model_cfg = cfg.model_dict()
-    model = KASportsFormer(**model_cfg).to(device)
+    model = model_from_config(model_cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     steps_per_epoch = len(data.loader(0))
@@ -371,7 +391,7 @@ def _train(cfg: TrainConfig, command: str | None, stop_requested: Callable[[], b
             model, device_ids=[env.local_rank] if device.type == "cuda" else None, find_unused_parameters=True)
     logs = Logs(cfg, out, env.main)
     if env.main and start_epoch == 0:
-        print(f"training {model_cfg.get('use_anatomy') and 'KASportsFormer' or 'MotionAGFormer'} "
+        print(f"training {model_label(model_cfg)} "
               f"({count_parameters(model):,} parameters) on {device} in {precision}; {data.description}; "
               f"{steps_per_epoch} steps/epoch x {cfg.epochs} epochs", flush=True)
 
@@ -400,7 +420,14 @@ def _train(cfg: TrainConfig, command: str | None, stop_requested: Callable[[], b
                        initial=skip, total=skip + len(loader), mininterval=1.0 if sys.stderr.isatty() else 30.0)
             progress = iter(bar)
         out_of_time = interrupted = False
-        for x, y in progress:
+        data_wait = 0.0  # seconds the step sat idle waiting for the next batch
+        while True:
+            asked = time.perf_counter()
+            batch = next(progress, None)
+            data_wait += time.perf_counter() - asked
+            if batch is None:
+                break
+            x, y = batch
             trained_s = elapsed + time.time() - epoch_start
             if cfg.time_budget_min > 0 and trained_s >= cfg.time_budget_min * 60:
                 out_of_time = True
@@ -412,9 +439,6 @@ def _train(cfg: TrainConfig, command: str | None, stop_requested: Callable[[], b
             with autocast_context(device, precision):
                 pred = wrapped(x)
             loss, parts = total_loss(pred, y, cfg.lambda_n_mpjpe, cfg.lambda_mpjpe_velocity)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {float(loss)} at epoch {epoch + 1}, step {step}; lower "
-                                         "learning_rate or use precision fp32")
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -430,26 +454,36 @@ def _train(cfg: TrainConfig, command: str | None, stop_requested: Callable[[], b
                 optimizer.step()
             step += 1
             count += 1
-            parts["loss_total"] = float(loss.detach())
+            parts["loss_total"] = loss.detach()
             for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v
-            if bar is not None:
-                bar.set_postfix(loss=f"{sums['loss_total'] / count:.4f}", lr=f"{lr:.2e}", refresh=False)
+                sums[k] = sums[k] + v if k in sums else v
+            if count % SYNC_EVERY == 0:  # the only host sync of the loop: a finite check and the bar
+                _check_finite(sums["loss_total"], epoch, step)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{float(sums['loss_total']) / count:.4f}", lr=f"{lr:.2e}", refresh=False)
             if _stop_everywhere(stop_requested, env, device):
                 interrupted = True
                 break
         if bar is not None:
             bar.close()
-        elapsed += time.time() - epoch_start
+        train_s = time.time() - epoch_start
+        elapsed += train_s
+        if count:
+            _check_finite(sums["loss_total"], epoch, step)
+        sums_f = {k: float(v) for k, v in sums.items()}
         if interrupted:
             if env.main:
                 save_checkpoint(latest, model, cfg.preset, metadata(epoch, None),
                                 training_state=_training_state(optimizer, schedule, scaler, epoch, step, best, stale,
-                                                               elapsed, batches_done=count, epoch_sums=sums))
+                                                               elapsed, batches_done=count, epoch_sums=sums_f))
             logs.close()
             return {"best_val_mpjpe": best, "epochs_run": epoch, "output_dir": str(out), "best_report": best_report,
                     "interrupted": True, "saved": str(latest), "epoch": epoch + 1, "batches_done": count,
                     "step": step}
+        if env.main and count and data_wait > cfg.data_wait_warning * train_s:
+            print(f"warning: data workers starved: the model waited {data_wait:.1f} s of this epoch's "
+                  f"{train_s:.1f} s for batches ({100 * data_wait / train_s:.0f} %); raise num_workers "
+                  f"(now {cfg.num_workers}) or use camera_pool", flush=True)
         report = None
         last = epoch == cfg.epochs - 1 or out_of_time
         if data.val is not None and ((epoch + 1) % cfg.eval_every == 0 or last):
@@ -468,11 +502,13 @@ def _train(cfg: TrainConfig, command: str | None, stop_requested: Callable[[], b
         elif val is not None:
             stale += 1
         row = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
-               **{k: round(v / max(count, 1), 6) for k, v in sums.items()},
+               **{k: round(v / max(count, 1), 6) for k, v in sums_f.items()},
                "val_mpjpe": round(val, 2) if val is not None else "",
                "val_p_mpjpe": round(report["p_mpjpe"], 2) if report else "",
                "best_val_mpjpe": round(best, 2) if best < math.inf else "",
-               "epoch_time_s": round(time.time() - epoch_start, 1), "elapsed_s": round(elapsed, 1)}
+               "epoch_time_s": round(time.time() - epoch_start, 1), "elapsed_s": round(elapsed, 1),
+               "train_samples_per_s": round(count * cfg.batch_size * env.world_size / max(train_s, 1e-9), 2),
+               "data_wait_s": round(data_wait, 2)}
         if env.main:
             logs.write(row)
             print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)

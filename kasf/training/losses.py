@@ -28,11 +28,12 @@ def loss_velocity(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def total_loss(pred: torch.Tensor, target: torch.Tensor, lambda_n_mpjpe: float = 0.5,
-               lambda_mpjpe_velocity: float = 20.0) -> tuple[torch.Tensor, dict[str, float]]:
-    """The reference's weighted sum, plus its parts (floats) for logging."""
+               lambda_mpjpe_velocity: float = 20.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The reference's weighted sum, plus its parts for logging: detached 0-d tensors, not floats, so a training
+    step never waits for the device just to log (the caller sums them and reads them once in a while)."""
     pred = pred.float()
     parts = {"loss_mpjpe": loss_mpjpe(pred, target), "loss_n_mpjpe": loss_n_mpjpe(pred, target),
              "loss_velocity": loss_velocity(pred, target)}
     total = parts["loss_mpjpe"] + lambda_n_mpjpe * parts["loss_n_mpjpe"] + \
         lambda_mpjpe_velocity * parts["loss_velocity"]
-    return total, {k: float(v.detach()) for k, v in parts.items()}
+    return total, {k: v.detach() for k, v in parts.items()}

@@ -1,0 +1,96 @@
+"""Samples per second of kasf-train itself (data path, step, logging; validation excluded), variants side by side.
+
+Not a test. Each variant is a list of config overrides on one YAML (default: the demo recipe); every round runs
+each variant's real training loop (:func:`kasf.training.engine.train`) for ``--seconds`` of training, in turn, so
+a busy shared machine slows all variants alike. It reports the loop's own measurement (``train_samples_per_s`` and
+``data_wait_s`` of log.csv) per round, the median per variant and its ratio to the first variant, and writes a
+markdown table (``--out``) with the machine, threads, batch sizes and load average.
+
+    python benchmarks/train_pipeline_throughput.py --seconds 60 --rounds 2 --out benchmarks/results/train_pipeline_cpu.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from kasf.hardware import cpu_model
+from kasf.training.config import load_config
+from kasf.training.engine import train
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "configs" / "mocap-kasportsformer-t.yaml"
+# name -> overrides on the demo YAML. "demo" is today's recipe as shipped.
+VARIANTS: dict[str, list[str]] = {
+    "demo (batch 16, 1 thread)": [],
+    "batch 64, camera pool": ["batch_size=64", "camera_pool=4"],
+    "batch 64, camera pool, fp32": ["batch_size=64", "camera_pool=4", "precision=fp32"],
+    "2 threads, batch 64, camera pool": ["threads=2", "batch_size=64", "camera_pool=4"],
+}
+
+
+def run_variant(config: Path, overrides: list[str], seconds: float, workdir: Path) -> dict:
+    common = [f"time_budget_min={seconds / 60}", "progress=false", "use_tensorboard=false", "resume=false",
+              "val_cameras_per_clip=1", f"output_dir={workdir}"]
+    cfg = load_config(config, overrides + common)
+    train(cfg, command="benchmarks/train_pipeline_throughput.py")
+    with open(workdir / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    steps = int(rows[-1]["step"])
+    return {"samples_per_s": float(rows[-1]["train_samples_per_s"]), "data_wait_s": float(rows[-1]["data_wait_s"]),
+            "steps": steps, "train_s": float(rows[-1]["elapsed_s"]), "batch_size": cfg.batch_size,
+            "threads": cfg.threads, "precision": cfg.precision}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default=str(DEMO))
+    parser.add_argument("--seconds", type=float, default=60.0, help="training seconds per variant and round")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", help="write the markdown table here (and JSON beside it)")
+    args = parser.parse_args()
+    results: dict[str, list[dict]] = {name: [] for name in VARIANTS}
+    loads = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(args.rounds):
+            for i, (name, overrides) in enumerate(VARIANTS.items()):
+                loads.append(os.getloadavg()[0])
+                result = run_variant(Path(args.config), overrides, args.seconds, Path(tmp) / f"r{round_}v{i}")
+                results[name].append(result)
+                print(f"round {round_ + 1} {name}: {result}", flush=True)
+    first = statistics.median(r["samples_per_s"] for r in results[next(iter(VARIANTS))])
+    machine = (f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, load average (1 min) "
+               f"{min(loads):.1f}-{max(loads):.1f} during the runs (other jobs shared the CPU)")
+    config = Path(args.config).resolve()
+    shown = config.relative_to(ROOT) if config.is_relative_to(ROOT) else config
+    lines = [f"kasf-train throughput, `{shown}` "
+             f"with each variant's overrides; {args.rounds} interleaved rounds of {args.seconds:.0f} s of training "
+             f"each (`python benchmarks/train_pipeline_throughput.py --seconds {args.seconds:.0f} --rounds "
+             f"{args.rounds}`). Machine: {machine}.", "",
+             "| variant | overrides | threads | batch | samples/s per round | median samples/s | vs demo | "
+             "data wait (s) |", "|---|---|---|---|---|---|---|---|"]
+    for name, rows in results.items():
+        median = statistics.median(r["samples_per_s"] for r in rows)
+        overrides = " ".join(VARIANTS[name]) or "-"
+        speeds = ", ".join(f"{r['samples_per_s']:.1f}" for r in rows)
+        waits = ", ".join(f"{r['data_wait_s']:.1f}" for r in rows)
+        lines.append(f"| {name} | `{overrides}` | {rows[0]['threads']} | {rows[0]['batch_size']} | {speeds} | "
+                     f"{median:.1f} | {median / first:.2f}x | {waits} |")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+        Path(args.out).with_suffix(".json").write_text(json.dumps({"machine": machine, "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
