@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-import sys
+import importlib.util
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cpp_ext"))
-import native_build  # noqa: E402
+
+def _load_native_build():
+    """cpp_ext/native_build.py by path: putting cpp_ext/ on sys.path would make its tensorrt/ folder importable as a
+    namespace package named ``tensorrt`` for the rest of the session (so "is TensorRT installed?" would say yes)."""
+    spec = importlib.util.spec_from_file_location(
+        "native_build", Path(__file__).resolve().parents[1] / "cpp_ext" / "native_build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+native_build = _load_native_build()
 
 
 def test_env_switch_builds_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
