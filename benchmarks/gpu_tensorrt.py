@@ -94,26 +94,14 @@ def run_all(out: Path) -> int:
 
 def _judge(engine: Path) -> int:
     """Parity of an engine against the demo checkpoint, as kasf-export reports it."""
-    import copy
-
-    import torch
-
     from kasf.checkpoint import load_checkpoint, resolve_checkpoint_path
-    from kasf.export.parity import check_parity
+    from kasf.export.parity import check_parity, pytorch_references
     from kasf.export.windows import load_real_windows
     from kasf.runtime import Lifter
 
     lifter = Lifter.load(engine, device="cuda")
     model = load_checkpoint(resolve_checkpoint_path("demo"), device="cpu")
-    model64 = copy.deepcopy(model).double()
-
-    def reference(x):
-        with torch.no_grad():
-            return model(torch.from_numpy(x)).numpy()
-
-    def reference64(x):
-        with torch.no_grad():
-            return model64(torch.from_numpy(x).double()).numpy()
+    reference, reference64 = pytorch_references(model)
 
     report = check_parity(reference, lifter.predict, str(engine), "tensorrt", lifter.precision, model.n_frames,
                           load_real_windows(model.n_frames), reference64)

@@ -6,7 +6,6 @@ server is started on free loopback ports and stopped by a finalizer, whatever th
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import subprocess
@@ -64,21 +63,11 @@ def server(exported, request) -> LocalTritonServer:
 
 
 def test_predictions_match_pytorch_within_export_parity_rules(server, exported):
-    import torch
-
-    from kasf.export.parity import check_parity
+    from kasf.export.parity import check_parity, pytorch_references
     from kasf.export.windows import load_real_windows
 
     model = exported["model"]
-    model64 = copy.deepcopy(model).double()
-
-    def reference(x):
-        with torch.no_grad():
-            return model(torch.from_numpy(x)).numpy()
-
-    def reference64(x):
-        with torch.no_grad():
-            return model64(torch.from_numpy(x).double()).numpy()
+    reference, reference64 = pytorch_references(model)
 
     remote = Lifter.load(server.model_url(MODEL))
     assert (remote.backend, remote.n_frames, remote.precision) == ("triton", 27, "fp32")

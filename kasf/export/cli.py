@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import difflib
 import sys
 from dataclasses import dataclass
@@ -153,7 +152,7 @@ def run_export(args: argparse.Namespace) -> list[Any]:
     from kasf.checkpoint import load_checkpoint, read_checkpoint, resolve_checkpoint_path
     from kasf.artefact import build_metadata
     from kasf.export.onnx_export import export_onnx, quantize_int8
-    from kasf.export.parity import check_parity
+    from kasf.export.parity import check_parity, pytorch_references
     from kasf.export.windows import calibration_windows, load_real_windows
     from kasf.runtime.lifter import Lifter
 
@@ -175,15 +174,7 @@ def run_export(args: argparse.Namespace) -> list[Any]:
     calib = calibration_windows(args.calib, model.n_frames) if args.calib else None
     anatomy_op = args.anatomy_op or "decomposed"
 
-    def reference(windows: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return model(torch.from_numpy(windows).to(device)).cpu().numpy()
-
-    model64 = copy.deepcopy(model).to("cpu").double()
-
-    def reference64(windows: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return model64(torch.from_numpy(windows).double()).numpy()
+    reference, reference64 = pytorch_references(model, device)
 
     def meta(precision: str) -> dict[str, str]:
         return build_metadata(model.config, preset, precision, anatomy_op, args.batch_range, str(checkpoint))

@@ -19,9 +19,12 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from torch import nn
 
 from kasf import skeleton
 from kasf.conventions import to_millimetres
@@ -86,6 +89,27 @@ def random_windows(count: int, n_frames: int, seed: int = 0) -> np.ndarray:
 
 def _to_mm(pred: np.ndarray, real: RealWindows) -> np.ndarray:
     return to_millimetres(pred, real.image_wh, real.factor)
+
+
+def pytorch_references(model: "nn.Module", device: str = "cpu"
+                       ) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]:
+    """(reference, reference64): the model's own forward on ``device`` and a float64 copy on the CPU, the two
+    callables :func:`check_parity` judges an artefact against."""
+    import copy
+
+    import torch
+
+    model64 = copy.deepcopy(model).to("cpu").double()
+
+    def reference(windows: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(windows).to(device)).cpu().numpy()
+
+    def reference64(windows: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model64(torch.from_numpy(windows).double()).numpy()
+
+    return reference, reference64
 
 
 def check_parity(reference: Callable[[np.ndarray], np.ndarray], candidate: Callable[[np.ndarray], np.ndarray],
