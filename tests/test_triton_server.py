@@ -98,7 +98,7 @@ def test_clear_errors(server, tmp_path):
 
 def _shifted_sample(path: Path, dx: float, loops: int = 1) -> Path:
     """The bundled sample moved sideways by ``dx`` pixels (each stream its own input), optionally looped."""
-    from kasf.runtime.sample import SAMPLE_PATH
+    from kasf.data.sample import SAMPLE_PATH
 
     data = dict(np.load(SAMPLE_PATH))
     data["keypoints"] = np.concatenate([data["keypoints"] + np.float32([dx, 0])] * loops)
