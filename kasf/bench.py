@@ -26,8 +26,8 @@ from kasf.quiet import quiet_third_party
 
 BASELINE = "eager-reference"
 BACKENDS = ("eager-reference", "eager-fused", "compile", "compile-cudagraphs", "cudagraph", "cudagraph-fp16",
-            "cudagraph-bf16", "bf16", "fp16", "ort-fp32", "ort-int8", "ort-cpu-fp32", "ort-cpu-int8", "trt-fp16",
-            "trt-int8", "triton")
+            "cudagraph-bf16", "bf16", "fp16", "cpu-auto", "ort-fp32", "ort-int8", "ort-cpu-fp32", "ort-cpu-int8",
+            "trt-fp16", "trt-int8", "triton")
 
 
 @dataclass
@@ -100,7 +100,12 @@ def _runner(backend: str, checkpoint: Path, workdir: Path, device: str, threads:
             return Lifter.load(checkpoint, device=device, precision=precision, cuda_graphs=True).predict, precision
         except LifterError as err:
             raise RuntimeError(str(err)) from None
-    if backend in ("bf16", "fp16"):  # eager under autocast
+    if backend == "cpu-auto":  # Lifter.load(..., precision="auto"): the variant kasf picks for this CPU
+        if device != "cpu":
+            raise RuntimeError("precision='auto' chooses among CPU variants: needs --device cpu")
+        lifter = Lifter.load(checkpoint, device=device, precision="auto")
+        return lifter.predict, lifter.precision
+    if backend in ("bf16", "fp16"):  # eager; on the CPU bf16 weights converted once, on CUDA autocast
         try:
             return Lifter.load(checkpoint, device=device, precision=backend, cuda_graphs=False).predict, backend
         except LifterError as err:
