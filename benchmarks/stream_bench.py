@@ -22,6 +22,13 @@ import numpy as np
 from kasf.hardware import cpu_model
 
 
+def _version(package: str) -> str | None:
+    try:
+        return __import__(package).__version__
+    except ImportError:
+        return None
+
+
 def rss_mb() -> float:
     """Resident set size of this process (Linux /proc; MB)."""
     with open(f"/proc/{os.getpid()}/status") as fh:
@@ -68,7 +75,8 @@ def one_run(lifter: Any, people: int, frames: int, mode: str = "causal") -> dict
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="demo")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="PyTorch and ONNX Runtime intra-op threads")
+    p.add_argument("--precision", help="as Lifter.load takes it: fp32, bf16, auto (checkpoints on the CPU)")
     p.add_argument("--frames", type=int, default=600, help="frames per throughput run")
     p.add_argument("--seconds", type=float, default=60.0, help="length of the memory run (0 skips it)")
     p.add_argument("--json", help="write the results here")
@@ -78,13 +86,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     from kasf.runtime.lifter import Lifter
 
-    lifter = Lifter.load(args.model, device="cpu")
+    lifter = Lifter.load(args.model, device="cpu", precision=args.precision, threads=args.threads)
     lifter.predict(np.zeros((4, lifter.n_frames, 17, 3), np.float32))  # warm-up
     results: dict[str, Any] = {
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "load_avg_1m_at_start": os.getloadavg()[0]},
-        "versions": {"torch": torch.__version__, "numpy": np.__version__},
-        "model": args.model, "preset": lifter.metadata.get("preset"), "runs": []}
+        "versions": {"torch": torch.__version__, "numpy": np.__version__,
+                     "onnxruntime": _version("onnxruntime")},
+        "model": args.model, "preset": lifter.metadata.get("preset"), "backend": lifter.backend,
+        "precision": lifter.precision, "choice": lifter.choice, "runs": []}
     for people in (1, 4):
         results["runs"].append(one_run(lifter, people, args.frames))
         r = results["runs"][-1]
