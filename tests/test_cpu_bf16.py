@@ -15,19 +15,19 @@ from kasf.hardware import cpu_has_native_bf16
 from kasf.runtime import Lifter
 from kasf.runtime import cpu_choice
 from kasf.runtime.cpu_bf16 import Bf16Island, with_bf16_matmuls
-from kasf.runtime.cpu_choice import BF16_MIN_PARAMETERS, CpuFeatures, choose_cpu_precision
+from kasf.runtime.cpu_choice import BF16_MIN_WIDTH, CpuFeatures, choose_cpu_precision
 
 needs_bf16 = pytest.mark.skipif(not cpu_has_native_bf16(), reason="CPU has neither AVX512-BF16 nor AMX")
 
 
-@pytest.mark.parametrize("features, parameters, expected", [
-    (CpuFeatures(native_bf16=False, onnxruntime=False), 30_000_000, "fp32"),
-    (CpuFeatures(native_bf16=True, onnxruntime=False), BF16_MIN_PARAMETERS - 1, "fp32"),
-    (CpuFeatures(native_bf16=True, onnxruntime=False), BF16_MIN_PARAMETERS, "bf16"),
-    (CpuFeatures(native_bf16=True, onnxruntime=True), 30_000_000, "bf16"),
+@pytest.mark.parametrize("features, width, expected", [
+    (CpuFeatures(native_bf16=False, onnxruntime=False), 128, "fp32"),
+    (CpuFeatures(native_bf16=True, onnxruntime=False), BF16_MIN_WIDTH - 1, "fp32"),
+    (CpuFeatures(native_bf16=True, onnxruntime=False), BF16_MIN_WIDTH, "bf16"),
+    (CpuFeatures(native_bf16=True, onnxruntime=True), 128, "bf16"),
 ])
-def test_choice_follows_the_features(features, parameters, expected):
-    choice = choose_cpu_precision(features, parameters)
+def test_choice_follows_the_features(features, width, expected):
+    choice = choose_cpu_precision(features, width)
     assert choice.precision == expected
     assert choice.reason.startswith(f"auto picked PyTorch {expected}")
     assert ("export_onnxruntime_cpu" in choice.reason) == features.onnxruntime
@@ -62,7 +62,7 @@ def test_auto_precision_says_what_it_picked(monkeypatch, caplog, native_bf16, th
     if expected == "bf16" and not cpu_has_native_bf16():
         pytest.skip("running the bf16 pick needs native bf16 here")
     monkeypatch.setattr(cpu_choice, "detect_cpu_features", lambda: CpuFeatures(native_bf16, onnxruntime=False))
-    monkeypatch.setattr(cpu_choice, "BF16_MIN_PARAMETERS", threshold)
+    monkeypatch.setattr(cpu_choice, "BF16_MIN_WIDTH", threshold)
     with caplog.at_level(logging.INFO, logger="kasf.runtime"):
         lifter = Lifter.load("demo", device="cpu", precision="auto")
     assert lifter.precision == expected and lifter.choice.startswith(f"auto picked PyTorch {expected}")

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Below this many parameters the bf16 products are too small to pay for the casts around them: the demo size
-# (kasportsformer-t, 0.3 M) ran ~10 % slower in bf16 than fp32 on this project's 2-core Xeon (docs/cpu_inference.md).
-BF16_MIN_PARAMETERS = 1_000_000
+# Below this feature width (dim_feat) the bf16 products are too small to pay for the casts around them. On this
+# project's 2-core Xeon (AMX), 2 threads: dim_feat 32 (kasportsformer-t) and 64 (-xs, 1.7 M parameters) ran
+# 10-20 % slower in bf16 than fp32, dim_feat 128 (the released size) 1.18x faster (docs/cpu_inference.md).
+BF16_MIN_WIDTH = 128
 
 
 @dataclass(frozen=True)
@@ -36,16 +37,15 @@ def detect_cpu_features() -> CpuFeatures:
     return CpuFeatures(native_bf16=cpu_has_native_bf16(), onnxruntime=find_spec("onnxruntime") is not None)
 
 
-def choose_cpu_precision(features: CpuFeatures, parameters: int) -> CpuChoice:
+def choose_cpu_precision(features: CpuFeatures, width: int) -> CpuChoice:
     """bf16 (weights converted once, kasf.runtime.cpu_bf16) where the CPU multiplies bf16 natively and the model
-    is large enough to gain from it; fp32 otherwise. Both keep kasf-export's parity bounds."""
+    is wide enough (``width``: its dim_feat) to gain from it; fp32 otherwise. Both keep kasf-export's parity bounds."""
     if not features.native_bf16:
         precision, why = "fp32", "this CPU has neither AVX512-BF16 nor AMX (bf16 would be emulated)"
-    elif parameters < BF16_MIN_PARAMETERS:
-        precision, why = "fp32", (f"native bf16, but {parameters / 1e6:.1f} M parameters < "
-                                  f"{BF16_MIN_PARAMETERS / 1e6:.0f} M: too small for bf16 to pay")
+    elif width < BF16_MIN_WIDTH:
+        precision, why = "fp32", f"native bf16, but dim_feat {width} < {BF16_MIN_WIDTH}: too narrow for bf16 to pay"
     else:
-        precision, why = "bf16", f"native bf16 (AVX512-BF16/AMX) and {parameters / 1e6:.1f} M parameters"
+        precision, why = "bf16", f"native bf16 (AVX512-BF16/AMX) and dim_feat {width}"
     hint = ("; faster on CPU where parity allows: export the ONNX Runtime CPU graph "
             "(kasf.export.onnx_export.export_onnxruntime_cpu, int8 via quantize_int8) and load the .onnx"
             if features.onnxruntime else "")

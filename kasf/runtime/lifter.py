@@ -131,7 +131,7 @@ def _load_torch(path: str | os.PathLike, device: str, preset: str | None, config
             raise LifterError("precision='auto' chooses among CPU variants; give device='cpu' (or a precision)")
         from kasf.runtime.cpu_choice import choose_cpu_precision, detect_cpu_features
 
-        choice = choose_cpu_precision(detect_cpu_features(), sum(p.numel() for p in model.parameters()))
+        choice = choose_cpu_precision(detect_cpu_features(), int(model.config.get("dim_feat", 0)))
         precision = choice.precision
         log.info("%s", choice.reason)
     autocast_dtype = _torch_precision(precision, device)
