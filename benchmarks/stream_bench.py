@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from kasf.hardware import cpu_model
+from kasf.hardware import cpu_flags, cpu_model
 
 
 def _version(package: str) -> str | None:
@@ -72,6 +72,29 @@ def one_run(lifter: Any, people: int, frames: int, mode: str = "causal") -> dict
             "lift_calls": summary["lift_calls"], "stages": summary["stages"]}
 
 
+def table(paths: list[str]) -> str:
+    """One markdown table of several runs' JSON files (stream_cpu.md), with each run's machine and load."""
+    rows = ["| model | backend, precision | people | new poses/s | frames/s | lift p50 ms | lift p95 ms | load 1m "
+            "start → end |", "|---|---|---|---|---|---|---|---|"]
+    machines = set()
+    for path in paths:
+        with open(path) as fh:
+            r = json.load(fh)
+        m = r["machine"]
+        machines.add(f"{m['cpu']}, {m['cores']} logical CPUs, {m['torch_threads']} threads"
+                     + (f", flags {' '.join(m['cpu_flags'])}" if m.get("cpu_flags") else ""))
+        load = f"{m['load_avg_1m_at_start']:.2f} → {r['load_avg_1m_at_end']:.2f}"
+        for run in r["runs"]:
+            lift = run["stages"]["lift"]
+            rows.append(f"| `{os.path.basename(r['model'])}` | {r.get('backend', '?')}, {r.get('precision', '?')} | {run['people']} | "
+                        f"{run['poses_per_s']:.1f} | {run['frames_per_s']:.1f} | {lift['p50_ms']:.2f} | "
+                        f"{lift['p95_ms']:.2f} | {load} |")
+    head = (f"kasf-stream fed from the bundled keypoint sample as fast as it goes (causal mode, one batched lift per "
+            f"frame for all people), `python benchmarks/stream_bench.py`; machine: {'; '.join(sorted(machines))}. "
+            f"JSON beside this file.")
+    return head + "\n\n" + "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="demo")
@@ -80,7 +103,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--frames", type=int, default=600, help="frames per throughput run")
     p.add_argument("--seconds", type=float, default=60.0, help="length of the memory run (0 skips it)")
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--table", nargs="+", metavar="JSON", help="print the markdown table of these results and exit")
     args = p.parse_args(argv)
+    if args.table:
+        print(table(args.table))
+        return {}
     import torch
 
     torch.set_num_threads(args.threads)
@@ -89,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     lifter = Lifter.load(args.model, device="cpu", precision=args.precision, threads=args.threads)
     lifter.predict(np.zeros((4, lifter.n_frames, 17, 3), np.float32))  # warm-up
     results: dict[str, Any] = {
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "cpu_flags": cpu_flags(),
                     "torch_threads": torch.get_num_threads(), "load_avg_1m_at_start": os.getloadavg()[0]},
         "versions": {"torch": torch.__version__, "numpy": np.__version__,
                      "onnxruntime": _version("onnxruntime")},

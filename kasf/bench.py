@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -208,6 +209,7 @@ def run(presets: Sequence[str], backends: Sequence[str], batches: Sequence[int],
                     report.rows.append(row)
                     progress(f"{preset} {backend} b{batch}: p50 {row.p50_ms:.2f} ms, {row.windows_per_s:.1f} windows/s")
     _speedups(report)
+    report.machine["load_avg_1m_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return report
 
 
@@ -218,12 +220,19 @@ def _speedups(report: BenchReport) -> None:
             row.speedup = row.windows_per_s / base[(row.preset, row.batch)]
 
 
+def _load(value: float | None) -> str:
+    return "?" if value is None else f"{value:.2f}"
+
+
 def to_markdown(report: BenchReport) -> str:
     m, s = report.machine, report.settings
     lines = [f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {s['threads']} threads, "
-             f"capability {m['cpu_capability']}, native bf16 {m['cpu_bf16_native']}, GPU {m['gpu'] or 'none'}; "
+             f"capability {m['cpu_capability']}, flags {' '.join(m.get('cpu_flags') or []) or '?'}, "
+             f"native bf16 {m['cpu_bf16_native']}, GPU {m['gpu'] or 'none'}; "
              f"torch {m['torch']}, onnxruntime {m['onnxruntime']}, TensorRT {m['tensorrt'] or 'not installed'}; "
-             f"device {s['device']}, mode {s['mode']}, warm-up {s['warmup']} calls, >= {s['min_time_s']} s per row.",
+             f"device {s['device']}, mode {s['mode']}, warm-up {s['warmup']} calls, >= {s['min_time_s']} s per row; "
+             f"1-minute load average {_load(m.get('load_avg_1m'))} at start, {_load(m.get('load_avg_1m_at_end'))} "
+             "at end.",
              "",
              "| preset | backend | precision | batch | p50 ms | p95 ms | p99 ms | windows/s | new poses/s | speed-up vs "
              "eager-reference | MPJPE mm (sample) | Δ vs fp32 mm |",
