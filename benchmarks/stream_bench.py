@@ -76,7 +76,7 @@ def table(paths: list[str]) -> str:
     """One markdown table of several runs' JSON files (stream_cpu.md), with each run's machine and load."""
     rows = ["| model | backend, precision | people | new poses/s | frames/s | lift p50 ms | lift p95 ms | load 1m "
             "start → end |", "|---|---|---|---|---|---|---|---|"]
-    machines = set()
+    machines, notes = set(), []
     for path in paths:
         with open(path) as fh:
             r = json.load(fh)
@@ -86,13 +86,18 @@ def table(paths: list[str]) -> str:
         load = f"{m['load_avg_1m_at_start']:.2f} → {r['load_avg_1m_at_end']:.2f}"
         for run in r["runs"]:
             lift = run["stages"]["lift"]
-            rows.append(f"| `{os.path.basename(r['model'])}` | {r.get('backend', '?')}, {r.get('precision', '?')} | {run['people']} | "
-                        f"{run['poses_per_s']:.1f} | {run['frames_per_s']:.1f} | {lift['p50_ms']:.2f} | "
+            rows.append(f"| `{os.path.basename(r['model'])}` | {r.get('backend', '?')}, {r.get('precision', '?')} | "
+                        f"{run['people']} | {run['poses_per_s']:.1f} | {run['frames_per_s']:.1f} | {lift['p50_ms']:.2f} | "
                         f"{lift['p95_ms']:.2f} | {load} |")
+        if "memory" in r:
+            mem = r["memory"]
+            notes.append(f"Resident memory with `{os.path.basename(r['model'])}` over a {mem['seconds']:.0f} s stream "
+                         f"({mem['frames']} frames, {mem['tracks_made']} tracks made and dropped): "
+                         f"{mem['rss_mb'][0][2]} -> {mem['rss_mb'][-1][2]} MB.")
     head = (f"kasf-stream fed from the bundled keypoint sample as fast as it goes (causal mode, one batched lift per "
             f"frame for all people), `python benchmarks/stream_bench.py`; machine: {'; '.join(sorted(machines))}. "
             f"JSON beside this file.")
-    return head + "\n\n" + "\n".join(rows)
+    return "\n\n".join([head, "\n".join(rows), *notes])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -112,7 +112,7 @@ def _runner(backend: str, checkpoint: Path, workdir: Path, device: str, threads:
         except LifterError as err:
             raise RuntimeError(str(err)) from None
     if backend.startswith("ort-"):
-        onnx_path = _onnx_for(checkpoint, workdir, int8=backend.endswith("int8"), cpu_graph="-cpu-" in backend)
+        onnx_path = onnx_for(checkpoint, workdir, int8=backend.endswith("int8"), cpu_graph="-cpu-" in backend)
         lifter = Lifter.load(onnx_path, device=device, threads=threads)
         return lifter.predict, lifter.precision
     if backend.startswith("trt-"):
@@ -131,7 +131,7 @@ def _runner(backend: str, checkpoint: Path, workdir: Path, device: str, threads:
     raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
 
 
-def _onnx_for(checkpoint: Path, workdir: Path, int8: bool, cpu_graph: bool = False) -> Path:
+def onnx_for(checkpoint: Path, workdir: Path, int8: bool, cpu_graph: bool = False) -> Path:
     """The portable ONNX export (ort-fp32/int8) or the ORT-CPU one (ort-cpu-*), quantised when int8."""
     from kasf.artefact import build_metadata
     from kasf.checkpoint import load_checkpoint, read_checkpoint
