@@ -1,15 +1,31 @@
 #!/usr/bin/env bash
 # The CPU lifter benchmarks behind README's performance tables: every backend against the eager reference
-# forward of the same weights, in one run per preset. Run on an otherwise idle machine.
-#   demo preset (kasportsformer-t, the bundled trained checkpoint): batch 1 (streaming) and 8
+# forward of the same weights, in one run per preset, batch 1; then kasf-stream with 1 and 4 people for eager
+# PyTorch and the ONNX Runtime CPU graphs. Run on an otherwise idle machine (the load average is written down).
+#   demo preset (kasportsformer-t, the bundled trained checkpoint)
 #   released size (kasportsformer, seeded random weights: speed, and each backend's distance to fp32 in mm)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS="${THREADS:-$(nproc)}"
+R="${RESULTS:-benchmarks/results}"
 kasf-bench --presets kasportsformer-t --threads "$THREADS" \
-  --backends eager-reference,eager-fused,compile,bf16,ort-fp32,ort-int8,ort-cpu-fp32,ort-cpu-int8 --batches 1,8 --min-time 3 --warmup 5 \
-  --json benchmarks/results/cpu_lifter_demo.json --markdown benchmarks/results/cpu_lifter_demo.md
-kasf-bench --presets kasportsformer --threads "$THREADS" \
-  --backends eager-reference,eager-fused,bf16,ort-fp32,ort-int8,ort-cpu-fp32,ort-cpu-int8 --batches 1 --min-time 5 --warmup 2 \
-  --json benchmarks/results/cpu_lifter_full.json --markdown benchmarks/results/cpu_lifter_full.md
-python benchmarks/update_readme.py
+  --backends eager-reference,eager-fused,bf16,cpu-auto,ort-fp32,ort-int8,ort-cpu-fp32,ort-cpu-int8 --batches 1 \
+  --min-time "${MIN_TIME:-3}" --warmup 5 --json $R/cpu_lifter_demo.json --markdown $R/cpu_lifter_demo.md
+if [ "${SKIP_FULL:-0}" != 1 ]; then
+  kasf-bench --presets kasportsformer --threads "$THREADS" \
+    --backends eager-reference,bf16,cpu-auto,ort-cpu-fp32,ort-cpu-int8 --batches 1 --min-time "${MIN_TIME:-5}" --warmup 2 \
+    --json $R/cpu_lifter_full.json --markdown $R/cpu_lifter_full.md
+fi
+# kasf-stream: eager PyTorch and the demo's ONNX Runtime CPU graphs (fp32, int8)
+ONNX_DIR="$(mktemp -d)"
+python -c "import sys; from pathlib import Path; from kasf.bench import onnx_for; from kasf.checkpoint import \
+resolve_checkpoint_path as r; [onnx_for(r('demo'), Path(sys.argv[1]), int8=q, cpu_graph=True) for q in (0, 1)]" "$ONNX_DIR"
+python benchmarks/stream_bench.py --model demo --threads "$THREADS" --frames 300 --seconds 20 --json $R/stream_cpu_demo.json
+python benchmarks/stream_bench.py --model "$ONNX_DIR/demo.cpu.onnx" --threads "$THREADS" --frames 300 --seconds 0 \
+  --json $R/stream_cpu_demo_ort_cpu.json
+python benchmarks/stream_bench.py --model "$ONNX_DIR/demo.cpu.int8.onnx" --threads "$THREADS" --frames 300 --seconds 0 \
+  --json $R/stream_cpu_demo_ort_cpu_int8.json
+python benchmarks/stream_bench.py --table $R/stream_cpu_demo.json $R/stream_cpu_demo_ort_cpu.json \
+  $R/stream_cpu_demo_ort_cpu_int8.json > $R/stream_cpu.md
+rm -rf "$ONNX_DIR"
+[ -n "${RESULTS:-}" ] || python benchmarks/update_readme.py

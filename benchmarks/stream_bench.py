@@ -19,7 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from kasf.hardware import cpu_model
+from kasf.hardware import cpu_flags, cpu_model
+
+
+def _version(package: str) -> str | None:
+    try:
+        return __import__(package).__version__
+    except ImportError:
+        return None
 
 
 def rss_mb() -> float:
@@ -65,26 +72,61 @@ def one_run(lifter: Any, people: int, frames: int, mode: str = "causal") -> dict
             "lift_calls": summary["lift_calls"], "stages": summary["stages"]}
 
 
+def table(paths: list[str]) -> str:
+    """One markdown table of several runs' JSON files (stream_cpu.md), with each run's machine and load."""
+    rows = ["| model | backend, precision | people | new poses/s | frames/s | lift p50 ms | lift p95 ms | load 1m "
+            "start → end |", "|---|---|---|---|---|---|---|---|"]
+    machines, notes = set(), []
+    for path in paths:
+        with open(path) as fh:
+            r = json.load(fh)
+        m = r["machine"]
+        machines.add(f"{m['cpu']}, {m['cores']} logical CPUs, {m['torch_threads']} threads"
+                     + (f", flags {' '.join(m['cpu_flags'])}" if m.get("cpu_flags") else ""))
+        load = f"{m['load_avg_1m_at_start']:.2f} → {r['load_avg_1m_at_end']:.2f}"
+        for run in r["runs"]:
+            lift = run["stages"]["lift"]
+            rows.append(f"| `{os.path.basename(r['model'])}` | {r.get('backend', '?')}, {r.get('precision', '?')} | "
+                        f"{run['people']} | {run['poses_per_s']:.1f} | {run['frames_per_s']:.1f} | {lift['p50_ms']:.2f} | "
+                        f"{lift['p95_ms']:.2f} | {load} |")
+        if "memory" in r:
+            mem = r["memory"]
+            notes.append(f"Resident memory with `{os.path.basename(r['model'])}` over a {mem['seconds']:.0f} s stream "
+                         f"({mem['frames']} frames, {mem['tracks_made']} tracks made and dropped): "
+                         f"{mem['rss_mb'][0][2]} -> {mem['rss_mb'][-1][2]} MB.")
+    head = (f"kasf-stream fed from the bundled keypoint sample as fast as it goes (causal mode, one batched lift per "
+            f"frame for all people), `python benchmarks/stream_bench.py`; machine: {'; '.join(sorted(machines))}. "
+            f"JSON beside this file.")
+    return "\n\n".join([head, "\n".join(rows), *notes])
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="demo")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="PyTorch and ONNX Runtime intra-op threads")
+    p.add_argument("--precision", help="as Lifter.load takes it: fp32, bf16, auto (checkpoints on the CPU)")
     p.add_argument("--frames", type=int, default=600, help="frames per throughput run")
     p.add_argument("--seconds", type=float, default=60.0, help="length of the memory run (0 skips it)")
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--table", nargs="+", metavar="JSON", help="print the markdown table of these results and exit")
     args = p.parse_args(argv)
+    if args.table:
+        print(table(args.table))
+        return {}
     import torch
 
     torch.set_num_threads(args.threads)
     from kasf.runtime.lifter import Lifter
 
-    lifter = Lifter.load(args.model, device="cpu")
+    lifter = Lifter.load(args.model, device="cpu", precision=args.precision, threads=args.threads)
     lifter.predict(np.zeros((4, lifter.n_frames, 17, 3), np.float32))  # warm-up
     results: dict[str, Any] = {
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "cpu_flags": cpu_flags(),
                     "torch_threads": torch.get_num_threads(), "load_avg_1m_at_start": os.getloadavg()[0]},
-        "versions": {"torch": torch.__version__, "numpy": np.__version__},
-        "model": args.model, "preset": lifter.metadata.get("preset"), "runs": []}
+        "versions": {"torch": torch.__version__, "numpy": np.__version__,
+                     "onnxruntime": _version("onnxruntime")},
+        "model": args.model, "preset": lifter.metadata.get("preset"), "backend": lifter.backend,
+        "precision": lifter.precision, "choice": lifter.choice, "runs": []}
     for people in (1, 4):
         results["runs"].append(one_run(lifter, people, args.frames))
         r = results["runs"][-1]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -26,8 +27,8 @@ from kasf.quiet import quiet_third_party
 
 BASELINE = "eager-reference"
 BACKENDS = ("eager-reference", "eager-fused", "compile", "compile-cudagraphs", "cudagraph", "cudagraph-fp16",
-            "cudagraph-bf16", "bf16", "fp16", "ort-fp32", "ort-int8", "ort-cpu-fp32", "ort-cpu-int8", "trt-fp16",
-            "trt-int8", "triton")
+            "cudagraph-bf16", "bf16", "fp16", "cpu-auto", "ort-fp32", "ort-int8", "ort-cpu-fp32", "ort-cpu-int8",
+            "trt-fp16", "trt-int8", "triton")
 
 
 @dataclass
@@ -100,13 +101,18 @@ def _runner(backend: str, checkpoint: Path, workdir: Path, device: str, threads:
             return Lifter.load(checkpoint, device=device, precision=precision, cuda_graphs=True).predict, precision
         except LifterError as err:
             raise RuntimeError(str(err)) from None
-    if backend in ("bf16", "fp16"):  # eager under autocast
+    if backend == "cpu-auto":  # Lifter.load(..., precision="auto"): the variant kasf picks for this CPU
+        if device != "cpu":
+            raise RuntimeError("precision='auto' chooses among CPU variants: needs --device cpu")
+        lifter = Lifter.load(checkpoint, device=device, precision="auto")
+        return lifter.predict, lifter.precision
+    if backend in ("bf16", "fp16"):  # eager; on the CPU bf16 weights converted once, on CUDA autocast
         try:
             return Lifter.load(checkpoint, device=device, precision=backend, cuda_graphs=False).predict, backend
         except LifterError as err:
             raise RuntimeError(str(err)) from None
     if backend.startswith("ort-"):
-        onnx_path = _onnx_for(checkpoint, workdir, int8=backend.endswith("int8"), cpu_graph="-cpu-" in backend)
+        onnx_path = onnx_for(checkpoint, workdir, int8=backend.endswith("int8"), cpu_graph="-cpu-" in backend)
         lifter = Lifter.load(onnx_path, device=device, threads=threads)
         return lifter.predict, lifter.precision
     if backend.startswith("trt-"):
@@ -125,7 +131,7 @@ def _runner(backend: str, checkpoint: Path, workdir: Path, device: str, threads:
     raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
 
 
-def _onnx_for(checkpoint: Path, workdir: Path, int8: bool, cpu_graph: bool = False) -> Path:
+def onnx_for(checkpoint: Path, workdir: Path, int8: bool, cpu_graph: bool = False) -> Path:
     """The portable ONNX export (ort-fp32/int8) or the ORT-CPU one (ort-cpu-*), quantised when int8."""
     from kasf.artefact import build_metadata
     from kasf.checkpoint import load_checkpoint, read_checkpoint
@@ -203,6 +209,7 @@ def run(presets: Sequence[str], backends: Sequence[str], batches: Sequence[int],
                     report.rows.append(row)
                     progress(f"{preset} {backend} b{batch}: p50 {row.p50_ms:.2f} ms, {row.windows_per_s:.1f} windows/s")
     _speedups(report)
+    report.machine["load_avg_1m_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return report
 
 
@@ -213,12 +220,19 @@ def _speedups(report: BenchReport) -> None:
             row.speedup = row.windows_per_s / base[(row.preset, row.batch)]
 
 
+def _load(value: float | None) -> str:
+    return "?" if value is None else f"{value:.2f}"
+
+
 def to_markdown(report: BenchReport) -> str:
     m, s = report.machine, report.settings
     lines = [f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {s['threads']} threads, "
-             f"capability {m['cpu_capability']}, native bf16 {m['cpu_bf16_native']}, GPU {m['gpu'] or 'none'}; "
+             f"capability {m['cpu_capability']}, flags {' '.join(m.get('cpu_flags') or []) or '?'}, "
+             f"native bf16 {m['cpu_bf16_native']}, GPU {m['gpu'] or 'none'}; "
              f"torch {m['torch']}, onnxruntime {m['onnxruntime']}, TensorRT {m['tensorrt'] or 'not installed'}; "
-             f"device {s['device']}, mode {s['mode']}, warm-up {s['warmup']} calls, >= {s['min_time_s']} s per row.",
+             f"device {s['device']}, mode {s['mode']}, warm-up {s['warmup']} calls, >= {s['min_time_s']} s per row; "
+             f"1-minute load average {_load(m.get('load_avg_1m'))} at start, {_load(m.get('load_avg_1m_at_end'))} "
+             "at end.",
              "",
              "| preset | backend | precision | batch | p50 ms | p95 ms | p99 ms | windows/s | new poses/s | speed-up vs "
              "eager-reference | MPJPE mm (sample) | Δ vs fp32 mm |",

@@ -13,6 +13,7 @@ GPU, loading fails unless ``allow_fallback=True``.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from kasf.runtime.errors import LifterError  # noqa: F401  (public here: kasf.ru
 BACKENDS = ("torch", "onnxruntime", "tensorrt", "triton")
 DEVICES = ("auto", "cpu", "cuda")
 ORT_GPU_HINT = "pip install onnxruntime-gpu (and uninstall the CPU-only onnxruntime)"
+log = logging.getLogger("kasf.runtime")
 
 
 def backend_for(path: str | os.PathLike) -> str:
@@ -52,6 +54,7 @@ class Lifter:
     n_frames: int
     metadata: dict[str, Any] = field(default_factory=dict)
     max_batch: int | None = None
+    choice: str | None = None  # with precision='auto': what was picked and why (also logged once)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "auto", backend: str | None = None,
@@ -63,7 +66,9 @@ class Lifter:
         torch.set_num_threads); ``inference_path='fused'`` runs a checkpoint with fused attention and grouped limb MLPs;
         ``compile`` is True or a torch.compile mode (e.g. 'reduce-overhead'); ``cuda_graphs`` (default: on for a
         checkpoint on a CUDA device unless compiled) replays a captured forward, with fp16/bf16 weights converted once
-        where ``precision`` asks."""
+        where ``precision`` asks. On the CPU, ``precision='bf16'`` runs the large matrix products with bf16 weights
+        converted once (kasf.runtime.cpu_bf16); ``precision='auto'`` (checkpoints on the CPU only) picks fp32 or
+        bf16 from the machine's features (kasf.runtime.cpu_choice) and records why in ``Lifter.choice``."""
         if device not in DEVICES:
             raise LifterError(f"device must be one of {DEVICES}, got {device!r}")
         backend = backend or backend_for(path)
@@ -120,6 +125,15 @@ def _load_torch(path: str | os.PathLike, device: str, preset: str | None, config
     device = _resolve_device(device, torch.cuda.is_available(), "PyTorch", allow_fallback)
     model = load_checkpoint(path, preset or config, device=device).set_inference_path(inference_path)
     info = read_checkpoint(path)
+    choice = None
+    if precision == "auto":
+        if device != "cpu":
+            raise LifterError("precision='auto' chooses among CPU variants; give device='cpu' (or a precision)")
+        from kasf.runtime.cpu_choice import choose_cpu_precision, detect_cpu_features
+
+        choice = choose_cpu_precision(detect_cpu_features(), int(model.config.get("dim_feat", 0)))
+        precision = choice.precision
+        log.info("%s", choice.reason)
     autocast_dtype = _torch_precision(precision, device)
     meta = {"config": model.config, "preset": info.preset or preset or "", **info.conventions,
             "training": info.metadata}
@@ -140,6 +154,10 @@ def _load_torch(path: str | os.PathLike, device: str, preset: str | None, config
 
         return Lifter(run_graphed, "torch", device, precision, model.n_frames,
                       {**meta, "cuda_graphs": True}, max_batch=graphed.max_batch)
+    if device == "cpu" and precision == "bf16":
+        from kasf.runtime.cpu_bf16 import with_bf16_matmuls
+
+        model, autocast_dtype = with_bf16_matmuls(model), None  # weights converted once, no per-call autocast
     if compile:
         module = torch.compile(model, mode=compile if isinstance(compile, str) else None)
     else:
@@ -151,7 +169,8 @@ def _load_torch(path: str | os.PathLike, device: str, preset: str | None, config
                                                     enabled=autocast_dtype is not None):
             return module(x).float().cpu().numpy()
 
-    return Lifter(run, "torch", device, precision, model.n_frames, meta)
+    return Lifter(run, "torch", device, precision, model.n_frames, meta,
+                  choice=None if choice is None else choice.reason)
 
 
 def _torch_precision(precision: str, device: str) -> Any:
