@@ -32,6 +32,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from kasf.cli_errors import report_error
+
 PLUGIN_NAME = "AnatomyFeatures"
 PLUGIN_VERSION = "1"
 PLUGIN_NAMESPACE = ""
@@ -46,6 +48,8 @@ SOURCES = _REPO_SOURCES if (_REPO_SOURCES / "tensorrt").is_dir() else _PACKAGE /
 # Every file the CMake build reads: the plugin, its CMake file and the kernels it links.
 SOURCE_FILES = ("tensorrt/CMakeLists.txt", "tensorrt/anatomy_plugin.cpp", "anatomy_cuda_kernels.cu",
                 "anatomy_cuda_kernels.cuh", "anatomy_kernels.h")
+# Ampere (8.0), Jetson Orin (8.7), Ada (8.9), Hopper (9.0): the default of the build command and of build_plugin.
+DEFAULT_ARCHS = "80;87;89;90"
 BUILD_COMMAND = "python -m kasf.anatomy_op.tensorrt_plugin build --tensorrt-include DIR --arch XY"
 # Plugin libraries loaded into this process, by resolved path: TensorRT's handles, kept alive with the process.
 _loaded: dict[str, Any] = {}
@@ -159,7 +163,7 @@ def missing_build_tools(include: Path | None) -> str | None:
     return "; ".join(lacks) or None
 
 
-def build_plugin(tensorrt_include: Path | None = None, archs: str | Sequence[str] = "80;87;89;90",
+def build_plugin(tensorrt_include: Path | None = None, archs: str | Sequence[str] = DEFAULT_ARCHS,
                  output: Path | None = None, jobs: int | None = None) -> Path:
     """Build the plugin library with CMake unless this (sources, TensorRT version, architectures) is built.
 
@@ -334,16 +338,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                                               "library's path")
     build.add_argument("--tensorrt-include", type=Path, help="TensorRT's include folder (default: "
                                                              "$TENSORRT_INCLUDE_DIR, $TENSORRT_ROOT/include, system)")
-    build.add_argument("--arch", default="80;87;89;90",
-                       help="GPU compute capabilities, e.g. 87 (Jetson Orin) or '87;90' (default 80;87;89;90)")
+    build.add_argument("--arch", default=DEFAULT_ARCHS,
+                       help=f"GPU compute capabilities, e.g. 87 (Jetson Orin) or '87;90' (default {DEFAULT_ARCHS})")
     build.add_argument("-o", "--output", type=Path, help="folder for the library instead of the cache")
     build.add_argument("-j", "--jobs", type=int)
     args = parser.parse_args(argv)
     try:
         library = build_plugin(args.tensorrt_include, args.arch, args.output, args.jobs)
-    except TensorRTPluginError as err:
-        print(f"kasf tensorrt_plugin: error: {err}", file=sys.stderr)
-        return 1
+    except (TensorRTPluginError, OSError) as err:
+        return report_error("kasf tensorrt_plugin", err)
     print(library)
     return 0
 
