@@ -461,7 +461,9 @@ def _train(cfg: TrainConfig, command: str | None, stop_requested: Callable[[], b
                 _check_finite(sums["loss_total"], epoch, step)
                 if bar is not None:
                     bar.set_postfix(loss=f"{float(sums['loss_total']) / count:.4f}", lr=f"{lr:.2e}", refresh=False)
-            if _stop_everywhere(stop_requested, env, device):
+            # One process reads its own flag every step; several agree on Ctrl-C (an all-reduce, a host sync)
+            # only at the loop's sync points.
+            if (env.world_size == 1 or count % SYNC_EVERY == 0) and _stop_everywhere(stop_requested, env, device):
                 interrupted = True
                 break
         if bar is not None:
