@@ -64,10 +64,6 @@ class CudaGraphForward:
         self._pool = torch.cuda.graph_pool_handle()
         self._graphs: dict[int, _Captured] = {}
 
-    @property
-    def captured_batches(self) -> list[int]:
-        return sorted(self._graphs)
-
     def capture(self, bucket: int) -> _Captured:
         """Warm up on a side stream (cuBLAS/cuDNN pick their kernels and workspaces), then record one forward."""
         static_input = torch.zeros(bucket, self.n_frames, 17, 3, device=self.device, dtype=self.dtype)
