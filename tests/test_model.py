@@ -149,3 +149,38 @@ def test_motionagformer_twin_has_reference_names():
     names = list(build("motionagformer-t").state_dict())
     assert "layers.0.fusion.weight" in names
     assert not any("bone" in n or "limb" in n for n in names)
+
+
+# ------------------------------------------------------------------------------------------- input_norm (kasf's)
+
+@pytest.mark.parametrize("name, mode", [("kasportsformer-t", "window"), ("kasportsformer-t", "frame"),
+                                        ("mlp-baseline", "frame")])
+def test_input_norm_makes_the_lifter_equivariant_to_2d_position_and_size(name: str, mode: str) -> None:
+    """Moving the person in the image changes nothing; making them k times larger scales the 3D by k."""
+    torch.manual_seed(0)
+    model = build(name, input_norm=mode).eval()
+    x = torch.rand(2, 27, 17, 3)
+    moved = x.clone()
+    moved[..., :2] = 2.5 * x[..., :2] + torch.tensor([0.3, -0.7])
+    with torch.no_grad():
+        torch.testing.assert_close(model(moved), 2.5 * model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_input_norm_by_hand_and_its_limits() -> None:
+    from kasf.model.input_norm import canonical_input
+
+    x = torch.zeros(1, 2, 17, 3)
+    x[..., 2] = 1.0
+    x[0, 0, 1, :2] = torch.tensor([3.0, 4.0])  # one joint 5 units from the pelvis in frame 0, none in frame 1
+    x[..., 0] += 10.0  # the whole person moved
+    out, size = canonical_input(x, "frame")
+    assert size[0, 0].item() == pytest.approx(5 / 17 ** 0.5, rel=1e-5)  # RMS over the 17 joints
+    assert size[0, 1].item() == pytest.approx(1e-4)  # a degenerate pose is not divided by zero
+    torch.testing.assert_close(out[0, 0, 1, :2], torch.tensor([3.0, 4.0]) / size[0, 0, 0])
+    _, window = canonical_input(x, "window")
+    assert window.shape == (1, 1, 1, 1) and window.item() == pytest.approx(5 / 34 ** 0.5, rel=1e-5)
+    assert canonical_input(x, "none")[0] is x
+    with pytest.raises(ValueError, match="input_norm must be one of none, frame, window"):
+        build("kasportsformer-t", input_norm="bbox")
+    with pytest.raises(ValueError, match="input_norm must be one of none, frame"):
+        build("mlp-baseline", input_norm="window")  # would share the size across frames

@@ -14,6 +14,7 @@ from torch import nn
 
 from kasf import skeleton
 from kasf.model.anatomy import BoneExtractor, LimbFuser
+from kasf.model.input_norm import canonical_input, check_input_norm, restore_size
 from kasf.model.layers import Attention, FormerModule
 
 INFERENCE_PATHS = ("reference", "fused", "onnxruntime")
@@ -71,8 +72,9 @@ class KASportsFormer(nn.Module):
                  qkv_bias: bool = False, qkv_scale: float | None = None, hierarchical: bool = False,
                  num_joints: int = 17, use_temporal_similarity: bool = True, temporal_connection_len: int = 1,
                  use_tcn: bool = False, graph_only: bool = False, neighbour_num: int = 4, n_frames: int = 27,
-                 use_anatomy: bool = True) -> None:
+                 use_anatomy: bool = True, input_norm: str = "none") -> None:
         super().__init__()
+        check_input_norm(input_norm)
         for name, supported in _UNSUPPORTED.items():
             if locals()[name] != supported:
                 raise ValueError(f"{name}={locals()[name]!r} is not supported by kasf (no released KASportsFormer "
@@ -97,7 +99,8 @@ class KASportsFormer(nn.Module):
             use_adaptive_fusion=use_adaptive_fusion, num_heads=num_heads, qkv_bias=qkv_bias, qkv_scale=qkv_scale,
             hierarchical=hierarchical, num_joints=num_joints, use_temporal_similarity=use_temporal_similarity,
             temporal_connection_len=temporal_connection_len, use_tcn=use_tcn, graph_only=graph_only,
-            neighbour_num=neighbour_num, n_frames=n_frames, use_anatomy=use_anatomy)
+            neighbour_num=neighbour_num, n_frames=n_frames, use_anatomy=use_anatomy, input_norm=input_norm)
+        self.input_norm = input_norm  # kasf's addition (kasf.model.input_norm); 'none' is the reference
         self.n_frames, self.num_joints, self.dim_in, self.dim_out = n_frames, num_joints, dim_in, dim_out
         self.use_anatomy = use_anatomy
 
@@ -165,6 +168,7 @@ class KASportsFormer(nn.Module):
     def forward(self, x: torch.Tensor, return_rep: bool = False) -> torch.Tensor:
         if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
             self.check_input(x)
+        x, size = canonical_input(x, self.input_norm)
         if self.use_anatomy:
             bone = self.bone_embed(self.bone_extractor(x)) + self.bone_pos_embed
             limb = self.limb_embed(self.bone_refusion(x)) + self.limb_pos_embed
@@ -176,4 +180,4 @@ class KASportsFormer(nn.Module):
         x = self.rep_logit(self.norm(x))
         if return_rep:
             return x
-        return self.head(x)
+        return restore_size(self.head(x), size)

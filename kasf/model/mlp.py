@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from kasf import skeleton
+from kasf.model.input_norm import canonical_input, check_input_norm, restore_size
 
 MODEL_NAME = "mlp"
 
@@ -37,8 +38,11 @@ class PerFrameMLP(nn.Module):
     """
 
     def __init__(self, n_frames: int = 27, num_joints: int = 17, dim_in: int = 3, dim_out: int = 3,
-                 hidden_dim: int = 1024, n_blocks: int = 2, dropout: float = 0.25) -> None:
+                 hidden_dim: int = 1024, n_blocks: int = 2, dropout: float = 0.25,
+                 input_norm: str = "none") -> None:
         super().__init__()
+        # 'window' would let frames share their size: not a per-frame model any more
+        check_input_norm(input_norm, ("none", "frame"))
         if num_joints != skeleton.NUM_JOINTS:
             raise ValueError(f"the MLP lifter is defined for {skeleton.NUM_JOINTS} Human3.6M joints, "
                              f"got num_joints={num_joints}")
@@ -50,7 +54,8 @@ class PerFrameMLP(nn.Module):
         # The full architecture, JSON-friendly: what a checkpoint stores and what build() takes back.
         self.config: dict[str, Any] = dict(model_name=MODEL_NAME, n_frames=n_frames, num_joints=num_joints,
                                            dim_in=dim_in, dim_out=dim_out, hidden_dim=hidden_dim,
-                                           n_blocks=n_blocks, dropout=dropout)
+                                           n_blocks=n_blocks, dropout=dropout, input_norm=input_norm)
+        self.input_norm = input_norm
         self.n_frames, self.num_joints, self.dim_in, self.dim_out = n_frames, num_joints, dim_in, dim_out
         self.embed = nn.Sequential(nn.Linear(num_joints * dim_in, hidden_dim), nn.BatchNorm1d(hidden_dim),
                                    nn.ReLU(), nn.Dropout(dropout))
@@ -74,7 +79,8 @@ class PerFrameMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
             self.check_input(x)
+        x, size = canonical_input(x, self.input_norm)
         h = self.embed(x.reshape(-1, self.num_joints * self.dim_in))  # every frame its own sample
         for block in self.blocks:
             h = block(h)
-        return self.head(h).reshape(-1, self.n_frames, self.num_joints, self.dim_out)
+        return restore_size(self.head(h).reshape(-1, self.n_frames, self.num_joints, self.dim_out), size)
