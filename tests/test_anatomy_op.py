@@ -209,6 +209,20 @@ def test_torch_compile_with_the_op() -> None:
     torch.testing.assert_close(xc.grad, xi.grad, rtol=1e-5, atol=1e-6)
 
 
+def test_first_forward_of_a_fresh_process_compiles_in_one_graph() -> None:
+    """kasf-train compile=true compiles the model before any eager forward has run: the native-or-not decision
+    (file reads, importing kasf._C) must already be made when the model is built, or dynamo breaks the graph."""
+    code = (
+        "import torch\n"
+        "from kasf.model import KASportsFormer\n"
+        "model = KASportsFormer(n_layers=1, dim_feat=16, dim_rep=32, num_heads=2, n_frames=9)\n"
+        "torch.compile(model, fullgraph=True, backend='eager')(torch.randn(2, 9, 17, 3)).sum().backward()\n"
+        "print('one graph')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "one graph" in done.stdout, done.stderr[-3000:]
+
+
 def test_fallback_warns_once_and_env_reports_it() -> None:
     code = (
         "import warnings, torch\n"

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from kasf import skeleton
+from kasf.anatomy_op import native
 from kasf.anatomy_op.features import anatomy_features
 
 
@@ -21,6 +22,9 @@ class BoneExtractor(nn.Module):
         super().__init__()
         self.register_buffer("proximal", torch.tensor(skeleton.BONE_PROXIMAL), persistent=False)
         self.register_buffer("distal", torch.tensor(skeleton.BONE_DISTAL), persistent=False)
+        # Decide native vs pure PyTorch now, outside any forward: the first decision reads files and imports
+        # kasf._C, which torch.compile cannot trace (it would break the graph at the Bone Extractor).
+        native.load()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return anatomy_features(x, self.proximal, self.distal)  # native op or pure PyTorch: anatomy_op decides
