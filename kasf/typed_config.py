@@ -67,7 +67,16 @@ def _as_str_list(value: Any) -> list[str]:
     raise ValueError(value)
 
 
-_CONVERTERS = {"int": _as_int, "float": _as_float, "bool": _as_bool, "str": _as_str, "list[str]": _as_str_list}
+def _as_float_list(value: Any) -> list[float]:
+    if isinstance(value, str):
+        return [_as_float(v) for v in value.strip("[] ").split(",") if v.strip()]
+    if isinstance(value, (list, tuple)):
+        return [_as_float(v) for v in value]
+    raise ValueError(value)
+
+
+_CONVERTERS = {"int": _as_int, "float": _as_float, "bool": _as_bool, "str": _as_str, "list[str]": _as_str_list,
+               "list[float]": _as_float_list}
 
 
 def coerce_value(key: str, value: Any, expected: str) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -81,6 +82,59 @@ def test_mocap_windows_new_cameras_each_epoch(tmp_path):
     assert not np.allclose(one.arrays["inputs"][:50], two.arrays["inputs"][:50])
     val = mocap_windows(clips, seed=7, n_frames=9, stride=9, cameras_per_clip=2, test=True)
     assert val.is_test and len(val) == 2 * 2 * (80 // 9)
+
+
+def _bone_lengths(joints: np.ndarray) -> np.ndarray:
+    children = [j for j, p in enumerate(skeleton.PARENTS) if p >= 0]
+    parents = [skeleton.PARENTS[j] for j in children]
+    return np.linalg.norm(joints[:, children] - joints[:, parents], axis=-1)  # (T, 16)
+
+
+def test_augment_clip_new_body_keeps_angles_and_symmetry():
+    clip = synthetic_clip(30)
+    same = mocap.augment_clip(clip, np.random.default_rng(0))
+    np.testing.assert_array_equal(same.joints3d, clip.joints3d)  # the defaults change nothing
+    body = mocap.augment_clip(clip, np.random.default_rng(0), bone_scale=0.1).joints3d
+    ratio = _bone_lengths(body) / _bone_lengths(clip.joints3d)
+    np.testing.assert_allclose(ratio, ratio[:1].repeat(len(ratio), 0), rtol=1e-9)  # one factor per bone
+    assert ratio[0].std() > 0.01  # bones scaled differently
+    children = [j for j, p in enumerate(skeleton.PARENTS) if p >= 0]
+    for left, right in zip(skeleton.FLIP_LEFT, skeleton.FLIP_RIGHT):  # a left bone and its right twin agree
+        assert ratio[0, children.index(left)] == pytest.approx(ratio[0, children.index(right)])
+    # directions of the bones (the pose's angles) are those of the original body
+    for joint in children:
+        parent = skeleton.PARENTS[joint]
+        unit = lambda j: (j[:, joint] - j[:, parent]) / np.linalg.norm(j[:, joint] - j[:, parent], axis=-1)[:, None]
+        np.testing.assert_allclose(unit(body), unit(clip.joints3d), atol=1e-9)
+    assert body[..., 2].min() == pytest.approx(clip.joints3d[..., 2].min())  # still standing on the same ground
+
+
+def test_augment_clip_tempo_resamples_by_hand_computed_times():
+    clip = synthetic_clip(31)
+    fast = mocap.augment_clip(clip, np.random.default_rng(0), speed=(2.0, 2.0)).joints3d
+    np.testing.assert_allclose(fast, clip.joints3d[::2])  # twice as fast: every other frame, 16 frames
+    slow = mocap.augment_clip(clip, np.random.default_rng(0), speed=(0.5, 0.5)).joints3d
+    assert len(slow) == 61
+    np.testing.assert_allclose(slow[1], (clip.joints3d[0] + clip.joints3d[1]) / 2)
+    drawn = [len(mocap.augment_clip(clip, np.random.default_rng(s), speed=(0.8, 1.25)).joints3d) for s in range(20)]
+    assert min(drawn) >= 25 and max(drawn) <= 38 and len(set(drawn)) > 3  # 30 / rate + 1 frames
+
+
+def test_augmentation_is_for_training_windows_only_and_checked_in_configs(tmp_path):
+    clips = [synthetic_clip(80, seed=i) for i in range(2)]
+    plain = mocap_windows(clips, seed=1, n_frames=9, stride=3, cameras_per_clip=1)
+    again = mocap_windows(clips, seed=1, n_frames=9, stride=3, cameras_per_clip=1, bone_scale=0.0)
+    np.testing.assert_array_equal(plain.arrays["inputs"], again.arrays["inputs"])
+    with pytest.raises(ValueError, match="training windows only"):
+        mocap_windows(clips, seed=7, n_frames=9, stride=9, cameras_per_clip=1, test=True, bone_scale=0.1)
+    folder = write_mocap_folder(tmp_path / "clips")
+    base = ["data_flavour=mocap", f"mocap_root={folder}", "val_subjects=[s3]", "preset=kasportsformer-t"]
+    cfg = load_config(None, base + ["augment_speed=[0.8, 1.25]"])
+    assert cfg.augment_speed == [0.8, 1.25]
+    for bad, says in (("augment_speed=[2, 1]", "0 < low <= high"), ("augment_speed=[a, b]", "list[float]"),
+                      ("augment_bone_scale=-0.1", ">= 0")):
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            load_config(None, base + [bad])
 
 
 # ------------------------------------------------------------------------------------------------------------ flip

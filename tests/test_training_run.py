@@ -148,3 +148,25 @@ def test_learning_rate_schedules():
     for epoch, val in enumerate([9, 9, 5, 6, 6, 6]):  # three epochs without improvement after the best (5)
         plateau.end_of_epoch(epoch, val)
     assert plateau.at(70, 7) == pytest.approx(0.9e-3)
+
+
+def test_cpu_clock_budget_with_augmentation_and_input_norm(tmp_path, monkeypatch, capsys):
+    """time_budget_clock=cpu stops on this process's CPU seconds (a fake clock here: 20 s a reading), not on
+    wall time; the 3D augmentation and input_norm run through the real loop."""
+    import itertools
+
+    from kasf.training import engine
+
+    ticks = itertools.count()
+    monkeypatch.setattr(engine.time, "process_time", lambda: 20.0 * next(ticks))
+    folder = write_mocap_folder(tmp_path / "clips", frames=60)
+    out = tmp_path / "run"
+    args = TINY + ["data_flavour=mocap", f"mocap_root={folder}", "val_subjects=s3", "cameras_per_clip=2",
+                   "val_cameras_per_clip=1", f"output_dir={out}", "epochs=50", "time_budget_min=1",
+                   "time_budget_clock=cpu", "augment_bone_scale=0.05", "augment_speed=[0.8, 1.25]",
+                   "input_norm=window"]
+    assert train_main(args) == 0
+    rows = _rows(out / "log.csv")
+    assert "time budget of 1 min reached" in capsys.readouterr().out
+    assert len(rows) == 1 and 1 <= int(rows[-1]["step"]) <= 4  # 60 fake CPU seconds: 3 readings of the loop
+    assert read_checkpoint(out / "best.pt").config["input_norm"] == "window"

@@ -40,6 +40,8 @@ class TrainConfig:
     val_subjects: list[str] = field(default_factory=lambda: ["cmu16"])
     cameras_per_clip: int = 4  # mocap: cameras drawn per training clip and epoch
     camera_pool: int = 0  # mocap: > 0 renders this many camera sets once and cycles them (0: new ones every epoch)
+    augment_bone_scale: float = 0.0  # mocap: log-std of per-bone and whole-body length factors, drawn per epoch
+    augment_speed: list[float] = field(default_factory=lambda: [1.0, 1.0])  # mocap: tempo range [low, high]
     val_cameras_per_clip: int = 4
     val_seed: int = 1234  # mocap: fixed validation cameras
     n_frames: int = 27
@@ -67,9 +69,11 @@ class TrainConfig:
     min_learning_rate: float = 1e-6
     warmup_steps: int = 0  # cosine: linear warm-up steps (0: warmup_epoches epochs)
     time_budget_min: float = 0.0  # > 0: stop after this many minutes of training; cosine decays over that time
+    time_budget_clock: str = "wall"  # wall | cpu (the budget counts this process's CPU time, all threads)
     grad_clip: float = 0.0
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     threads: int = 0  # torch CPU threads (0: leave torch's default)
+    compile: bool = False  # torch.compile the training forward (inductor fuses the small ops; costs minutes once)
     seed: int = 0
     eval_flip: bool = True
     eval_every: int = 1
@@ -156,13 +160,20 @@ def config_from_mapping(raw: Mapping[str, Any], where: str = "config", base: Tra
 
 def _validate(cfg: TrainConfig, where: str) -> None:
     choices = {"data_flavour": ("sportspose", "worldpose", "generic", "mocap"), "schedule": ("plateau", "cosine"),
-               "precision": ("auto", "fp32", "bf16", "fp16"), "short_clips": ("resample", "drop", "error")}
+               "precision": ("auto", "fp32", "bf16", "fp16"), "short_clips": ("resample", "drop", "error"),
+               "time_budget_clock": ("wall", "cpu")}
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"{where}: key '{key}' must be one of {', '.join(allowed)}, got {getattr(cfg, key)!r}")
     for key in ("batch_size", "epochs", "n_frames"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{where}: key '{key}' must be >= 1, got {getattr(cfg, key)}")
+    if cfg.augment_bone_scale < 0:
+        raise ConfigError(f"{where}: key 'augment_bone_scale' must be >= 0, got {cfg.augment_bone_scale}")
+    if (len(cfg.augment_speed) != 2 or min(cfg.augment_speed) <= 0
+            or cfg.augment_speed[0] > cfg.augment_speed[1]):
+        raise ConfigError(f"{where}: key 'augment_speed' must be [low, high] with 0 < low <= high, got "
+                          f"{cfg.augment_speed}")
     if cfg.learning_rate <= 0:
         raise ConfigError(f"{where}: key 'learning_rate' must be > 0, got {cfg.learning_rate}")
     if cfg.data_flavour == "mocap" and not cfg.mocap_root:

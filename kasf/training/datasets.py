@@ -15,7 +15,7 @@ import torch
 from kasf import skeleton
 from kasf.conventions import flip_pose
 from kasf.data.sources import Windows, cut_windows, validate_split
-from kasf.training.mocap import MocapClip, render_split
+from kasf.training.mocap import MocapClip, augment_clip, render_split
 
 
 class WindowBatches(torch.utils.data.Dataset):
@@ -46,9 +46,15 @@ class WindowBatches(torch.utils.data.Dataset):
 
 
 def mocap_windows(clips: Sequence[MocapClip], seed: int, n_frames: int, stride: int, cameras_per_clip: int,
-                  test: bool = False, random_offset: bool = True) -> Windows:
-    """Windows of the clips seen through freshly drawn cameras (a new seed gives new cameras and noise)."""
+                  test: bool = False, random_offset: bool = True, bone_scale: float = 0.0,
+                  speed: Sequence[float] = (1.0, 1.0)) -> Windows:
+    """Windows of the clips seen through freshly drawn cameras (a new seed gives new cameras and noise), with
+    the 3D augmentation of :func:`kasf.training.mocap.augment_clip` when ``bone_scale``/``speed`` ask for it."""
     rng = np.random.default_rng(seed)
+    if bone_scale > 0 or tuple(speed) != (1.0, 1.0):
+        if test:
+            raise ValueError("3D augmentation is for training windows only")
+        clips = [augment_clip(clip, rng, bone_scale, speed) for clip in clips]
     split = render_split(clips, rng, cameras_per_clip, camera_prefix="val_cam" if test else "cam")
     frames = validate_split(split, "generic", "mocap", test=test)
     if random_offset and not test:

@@ -28,8 +28,8 @@ from kasf.hardware import cpu_has_native_bf16
 from kasf._version import __version__
 from kasf.checkpoint import CheckpointError, read_raw_checkpoint, save_checkpoint
 from kasf.interrupts import ctrl_c_deferred
-from kasf.model import count_parameters, model_from_config, model_label
-from kasf.training.config import TrainConfig
+from kasf.model import count_parameters, model_config, model_from_config, model_label
+from kasf.training.config import ConfigError, TrainConfig
 from kasf.data.sources import Windows, build_clip_store
 from kasf.training.datasets import WindowBatches, mocap_windows
 from kasf.training.evaluate import autocast_context, evaluate_model
@@ -126,7 +126,8 @@ class TrainingData:
         draw = epoch % self.cfg.camera_pool if self.cfg.camera_pool > 0 else epoch
         if draw not in self._pool:
             windows = mocap_windows(self.train_clips, self.cfg.seed * 100003 + draw, self.cfg.n_frames,
-                                    self.stride_train, self.cfg.cameras_per_clip)
+                                    self.stride_train, self.cfg.cameras_per_clip,
+                                    bone_scale=self.cfg.augment_bone_scale, speed=self.cfg.augment_speed)
             if self.cfg.camera_pool <= 0:
                 return windows
             self._pool[draw] = windows
@@ -300,6 +301,13 @@ def _read_latest(latest: Path) -> dict[str, Any]:
     return raw
 
 
+def _completed_config(config: Any) -> Any:
+    try:
+        return model_config(config)
+    except (TypeError, ValueError):
+        return config
+
+
 def _finished_because(cfg: TrainConfig, epochs_done: int, elapsed_s: float, stale: int) -> str | None:
     """Why a run with this progress has nothing left to do (None if it has)."""
     if epochs_done >= cfg.epochs:
@@ -357,7 +365,8 @@ def _train(cfg: TrainConfig, command: str | None, stop_requested: Callable[[], b
     if cfg.resume and latest.exists():
         raw = _read_latest(latest)
         state = raw["training_state"]
-        if raw.get("config") != model_cfg:
+        # completed with today's defaults: a run saved before a model key existed resumes under it
+        if _completed_config(raw.get("config")) != model_cfg:
             raise CheckpointError(f"{latest}: was trained with another model config; use another output_dir (or "
                                   "set resume=false)")
         model.load_state_dict(raw["state_dict"])
@@ -389,6 +398,10 @@ def _train(cfg: TrainConfig, command: str | None, stop_requested: Callable[[], b
         # The reference network has parameters that some layers never use (e.g. the bone stream after layer 0).
         wrapped = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[env.local_rank] if device.type == "cuda" else None, find_unused_parameters=True)
+    if cfg.compile:
+        # Only the training steps run compiled (validation keeps the eager model). The compile happens inside the
+        # first step, so its minutes count against time_budget_min, and the epoch's samples/s shows them.
+        wrapped = torch.compile(wrapped)
     logs = Logs(cfg, out, env.main)
     if env.main and start_epoch == 0:
         print(f"training {model_label(model_cfg)} "
@@ -402,9 +415,15 @@ def _train(cfg: TrainConfig, command: str | None, stop_requested: Callable[[], b
                 "world_size": env.world_size, "training_time_s": round(elapsed, 1), "kasf_version": __version__,
                 "torch_version": str(torch.__version__)}
 
+    # What time_budget_min counts: wall-clock seconds, or this process's CPU seconds (all its threads), which other
+    # jobs on a shared machine do not eat into; single-process runs only, so ranks never disagree on the end.
+    if cfg.time_budget_clock == "cpu" and env.world_size > 1:
+        raise ConfigError("time_budget_clock: cpu is for single-process runs (ranks would stop at different "
+                         "steps); use wall with torchrun")
+    budget_clock = time.process_time if cfg.time_budget_clock == "cpu" else time.time
     epoch = start_epoch
     for epoch in range(start_epoch, cfg.epochs):
-        epoch_start = time.time()
+        epoch_start, budget_start = time.time(), budget_clock()
         wrapped.train()
         # A mid-epoch save resumes at the next batch, its loss sums carried on so the epoch's row covers it all.
         skip, resume_batches = resume_batches, 0
@@ -428,7 +447,7 @@ def _train(cfg: TrainConfig, command: str | None, stop_requested: Callable[[], b
             if batch is None:
                 break
             x, y = batch
-            trained_s = elapsed + time.time() - epoch_start
+            trained_s = elapsed + budget_clock() - budget_start
             if cfg.time_budget_min > 0 and trained_s >= cfg.time_budget_min * 60:
                 out_of_time = True
                 break
@@ -469,7 +488,7 @@ def _train(cfg: TrainConfig, command: str | None, stop_requested: Callable[[], b
         if bar is not None:
             bar.close()
         train_s = time.time() - epoch_start
-        elapsed += train_s
+        elapsed += budget_clock() - budget_start
         if count:
             _check_finite(sums["loss_total"], epoch, step)
         sums_f = {k: float(v) for k, v in sums.items()}

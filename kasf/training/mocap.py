@@ -94,6 +94,53 @@ def split_by_subject(clips: Sequence[MocapClip], val_subjects: Iterable[str]) ->
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# 3D augmentation: other bodies and other tempi of the same motions
+
+
+def _bone_of_joint() -> np.ndarray:
+    """For each joint, the index of the left/right-symmetric bone group that ends at it (-1 for the root)."""
+    groups = np.full(skeleton.NUM_JOINTS, -1)
+    mirror = dict(zip(skeleton.FLIP_RIGHT, skeleton.FLIP_LEFT))
+    for joint in range(1, skeleton.NUM_JOINTS):
+        groups[joint] = mirror.get(joint, joint)  # a right bone shares its left twin's factor
+    return groups
+
+
+_BONE_GROUP = _bone_of_joint()
+
+
+def augment_clip(clip: MocapClip, rng: np.random.Generator, bone_scale: float = 0.0,
+                 speed: Sequence[float] = (1.0, 1.0)) -> MocapClip:
+    """The same motion by another body at another tempo, for training only.
+
+    Why: 7 training subjects and 27 clips are few bodies and few tempi; a temporal model can learn them by heart.
+    ``bone_scale``: standard deviation of the log of a factor per bone (left and right bones share theirs) and of
+    one factor for the whole body; bones are rebuilt from the root outwards, so angles are kept. ``speed``: the
+    clip is resampled at a tempo drawn log-uniformly in [low, high] (linear interpolation; 2 plays twice as fast).
+    """
+    joints = clip.joints3d
+    low, high = float(speed[0]), float(speed[1])
+    if high > low or low != 1.0:
+        rate = float(np.exp(rng.uniform(np.log(low), np.log(high)))) if high > low else low
+        times = np.arange(0.0, len(joints) - 1 + 1e-9, rate)
+        if len(times) >= 2:
+            base = np.minimum(np.floor(times).astype(int), len(joints) - 2)
+            frac = (times - base)[:, None, None]
+            joints = joints[base] * (1.0 - frac) + joints[base + 1] * frac
+    if bone_scale > 0:
+        factors = np.exp(rng.normal(0.0, bone_scale, skeleton.NUM_JOINTS)) * np.exp(rng.normal(0.0, bone_scale))
+        rebuilt = joints.copy()
+        for joint, parent in enumerate(skeleton.PARENTS):  # parents come before their children
+            if parent >= 0:
+                bone = joints[:, joint] - joints[:, parent]
+                rebuilt[:, joint] = rebuilt[:, parent] + bone * factors[_BONE_GROUP[joint]]
+        # keep the lowest point where it was (feet stay on the ground)
+        rebuilt[..., 2] += joints[..., 2].min() - rebuilt[..., 2].min()
+        joints = rebuilt
+    return MocapClip(name=clip.name, joints3d=joints, subject=clip.subject, action=clip.action, fps=clip.fps)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Cameras
 
 
