@@ -23,18 +23,24 @@ from kasf.training.evaluate import autocast_context
 from kasf.training.losses import total_loss
 
 
-def measure(preset: str, batch_size: int, precision: str, seconds: float, device: torch.device) -> dict:
-    """Clips per second of full training steps, after two warm-up steps, for at least ``seconds``."""
+def measure(preset: str, batch_size: int, precision: str, seconds: float, device: torch.device,
+            compiled: bool = False) -> dict:
+    """Clips per second of full training steps, after two warm-up steps, for at least ``seconds``.
+
+    ``compiled``: the forward through torch.compile, as kasf-train's ``compile: true``; the warm-up (the compile)
+    is reported apart as ``warmup_s``, since a training run pays it once.
+    """
     # The short-budget recipe's layer scale; the MLP has no layer scale.
     overrides = {} if PRESETS[preset].get("model_name") == "mlp" else {"layer_scale_init_value": 0.1}
     model = build(preset, **overrides).to(device).train()
+    forward = torch.compile(model) if compiled else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randn(batch_size, model.n_frames, 17, 3, device=device)
     y = torch.randn(batch_size, model.n_frames, 17, 3, device=device)
 
     def step() -> None:
         with autocast_context(device, precision):
-            pred = model(x)
+            pred = forward(x)
         loss, _ = total_loss(pred, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -42,15 +48,17 @@ def measure(preset: str, batch_size: int, precision: str, seconds: float, device
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    warmup = time.perf_counter()
     for _ in range(2):
         step()
+    warmup_s = time.perf_counter() - warmup
     steps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds or steps < 3:
         step()
         steps += 1
     elapsed = time.perf_counter() - start
     return {"preset": preset, "parameters": count_parameters(model), "precision": precision,
-            "batch_size": batch_size, "steps": steps, "seconds_per_step": elapsed / steps,
+            "batch_size": batch_size, "compiled": compiled, "warmup_s": warmup_s, "steps": steps, "seconds_per_step": elapsed / steps,
             "clips_per_second": steps * batch_size / elapsed}
 
 
@@ -60,6 +68,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, nargs="+", default=[64], help="one or more batch sizes")
     parser.add_argument("--seconds", type=float, default=20.0, help="minimum timed seconds per measurement")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--compile", action="store_true", help="also measure the torch.compile'd forward")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     if args.threads:
@@ -69,17 +78,19 @@ def main() -> None:
     reduced = resolve_precision("auto", device)
     if reduced != "fp32":
         precisions.append(reduced)
-    rows = [measure(p, batch, prec, args.seconds, device)
-            for p in args.presets for batch in args.batch_size for prec in precisions]
+    rows = [measure(p, batch, prec, args.seconds, device, compiled)
+            for p in args.presets for batch in args.batch_size for prec in precisions
+            for compiled in ([False, True] if args.compile else [False])]
     machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
                "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None, "torch": torch.__version__,
                "load_average_1min": os.getloadavg()[0]}
     print(f"machine: {machine}")
-    print("| preset | parameters | precision | batch | s / step | clips / s |")
-    print("|---|---|---|---|---|---|")
+    print("| preset | parameters | precision | batch | forward | warm-up s | s / step | clips / s |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| `{r['preset']}` | {r['parameters']:,} | {r['precision']} | {r['batch_size']} | "
-              f"{r['seconds_per_step']:.3f} | {r['clips_per_second']:.1f} |")
+              f"{'compiled' if r['compiled'] else 'eager'} | {r['warmup_s']:.1f} | {r['seconds_per_step']:.3f} | "
+              f"{r['clips_per_second']:.1f} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine, "results": rows}, f, indent=1)

@@ -47,6 +47,32 @@ def test_each_preset_exports_with_parity(preset, layers, tmp_path):
     assert report["mean_abs"] < 1e-4 and report["max_abs"] < 5e-2  # see kasf.export.parity on neighbour swaps
 
 
+def test_onnx_cpu_format_fp32_and_int8_with_parity(tiny_checkpoint, tmp_path, monkeypatch):
+    """--format onnx-cpu: the ONNX Runtime CPU graph (contrib attention, ORT fusions saved), judged like the rest."""
+    from kasf.export.onnx_export import ORT_OPTIMIZED_KEY
+
+    monkeypatch.chdir(tmp_path)
+    assert main([str(tiny_checkpoint), "--format", "onnx-cpu", "--int8"]) == 0
+    for name, precision, limit in (("tiny.cpu.onnx", "fp32", 0.1), ("tiny.cpu.int8.onnx", "int8", 1.0)):
+        report = json.loads((tmp_path / f"{name}.parity.json").read_text())
+        assert report["passed"] and report["precision"] == precision and abs(report["mpjpe_change_mm"]) < limit
+    meta = read_onnx_metadata(tmp_path / "tiny.cpu.onnx")
+    assert meta[ORT_OPTIMIZED_KEY] == "extended"
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "tiny.cpu.onnx")).graph.node}
+    assert ops & {"Attention", "MultiHeadAttention"}  # the CPU graph, not the portable one
+
+
+@pytest.mark.parametrize("preset, mode", [("kasportsformer-t", "window"), ("mlp-baseline", "frame")])
+def test_input_norm_models_export_with_parity(preset, mode, tmp_path):
+    model = perturbed_model(preset, input_norm=mode, **({} if preset.startswith("mlp") else {"n_layers": 1}))
+    ckpt = kasf.save_checkpoint(tmp_path / "m.pt", model.eval(), preset=None)
+    assert main([str(ckpt), "-o", str(tmp_path / "m.onnx")]) == 0
+    report = json.loads((tmp_path / "m.onnx.parity.json").read_text())
+    assert report["passed"] and abs(report["mpjpe_change_mm"]) < 0.1
+
+
 def test_onnx_metadata_and_dynamic_batch(tiny_onnx, tiny_checkpoint):
     meta = parse_metadata(read_onnx_metadata(tiny_onnx))
     assert meta["preset"] == "kasportsformer-t" and meta["n_frames"] == 27 and meta["precision"] == "fp32"
@@ -184,6 +210,7 @@ def test_triton_repositories_configs_parse(tiny_checkpoint, tmp_path):
     (["--dynamic-batch", "8,4,1"], "1 <= MIN <= OPT <= MAX"),
     (["--opset", "13"], "opset >= 17"),
     (["--format", "triton", "--batch", "4"], "dynamic batch"),
+    (["--format", "onnx-cpu", "--anatomy-op", "plugin"], "--anatomy-op does not apply to --format onnx-cpu"),
 ])
 def test_bad_flags_are_one_clear_error(argv, message):
     with pytest.raises(UsageError, match=message):

@@ -14,7 +14,7 @@ import numpy as np
 from kasf.cli_errors import report_error, report_interrupt
 from kasf.quiet import quiet_third_party
 
-FORMAT_NAMES = ("onnx", "engine", "triton", "all")
+FORMAT_NAMES = ("onnx", "onnx-cpu", "engine", "triton", "all")
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,10 @@ class Flag:
 
 
 _ALL = frozenset(FORMAT_NAMES)
+_CPU = frozenset({"onnx-cpu"})
 # One table: which flag applies to which format. `kasf-export --help` prints it; validation reads it.
+# onnx: portable (standard ops; TensorRT, any runtime). onnx-cpu: for ONNX Runtime on CPUs only (contrib attention
+# nodes, ORT's fusions applied once and saved; docs/cpu_inference.md). engine: TensorRT. triton: a model repository.
 FLAGS: tuple[Flag, ...] = (
     Flag("half", frozenset({"engine", "triton", "all"}), "FP16 (TensorRT engine; Triton's TensorRT accelerator)"),
     Flag("int8", _ALL, "INT8: ONNX Runtime quantised ONNX for CPUs; calibrated TensorRT engine"),
@@ -33,18 +36,18 @@ FLAGS: tuple[Flag, ...] = (
     Flag("batch", _ALL, "fixed batch size"),
     Flag("dynamic_batch", _ALL, "MIN,OPT,MAX of a dynamic batch (default 1,8,64)"),
     Flag("opset", _ALL, "ONNX opset (>= 17, default 17)"),
-    Flag("simplify", _ALL, "run onnx-simplifier on the ONNX"),
-    Flag("anatomy_op", _ALL, "decomposed (standard ONNX ops) or plugin (one kasf::AnatomyFeatures node)"),
+    Flag("simplify", _ALL - _CPU, "run onnx-simplifier on the ONNX"),
+    Flag("anatomy_op", _ALL - _CPU, "decomposed (standard ONNX ops) or plugin (one kasf::AnatomyFeatures node)"),
     Flag("workspace", frozenset({"engine", "triton", "all"}), "TensorRT workspace in GB (default 4)"),
     Flag("device", _ALL, "device of the PyTorch reference and of parity runs: cpu or cuda"),
 )
 
 
 def flags_table() -> str:
-    header = "  flag              " + "  ".join(f"{f:7s}" for f in FORMAT_NAMES[:-1])
+    header = "  flag              " + "  ".join(f"{f:8s}" for f in FORMAT_NAMES[:-1])
     rows = [header]
     for flag in FLAGS:
-        cells = "  ".join(f"{'yes' if fmt in flag.formats else '-':7s}" for fmt in FORMAT_NAMES[:-1])
+        cells = "  ".join(f"{'yes' if fmt in flag.formats else '-':8s}" for fmt in FORMAT_NAMES[:-1])
         rows.append(f"  --{flag.name.replace('_', '-'):16s}{cells}  {flag.help}")
     return "\n".join(rows)
 
@@ -61,7 +64,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Flags per format ('all' accepts every flag):\n" + flags_table())
     parser.add_argument("checkpoint", help="kasf checkpoint, reference-layout .pth (with --preset/--config), "
                                            "or 'demo'")
-    parser.add_argument("--format", default="onnx", help="onnx | engine | triton | all (default onnx)")
+    parser.add_argument("--format", default="onnx",
+                        help="onnx | onnx-cpu | engine | triton | all (default onnx); onnx-cpu is the ONNX Runtime "
+                             "CPU graph, which only ONNX Runtime can run")
     parser.add_argument("-o", "--output", help="output file (onnx, engine) or folder (triton, all)")
     parser.add_argument("--preset", help="architecture of a reference-layout checkpoint")
     parser.add_argument("--config", help="reference YAML config of a reference-layout checkpoint")
@@ -132,12 +137,13 @@ def _batch_range(text: str | None) -> tuple[int, int, int]:
 
 def _outputs(args: argparse.Namespace, stem: str) -> dict[str, Path]:
     """Artefact paths per format; 'all' and 'triton' take a folder."""
-    if args.format in ("onnx", "engine"):
-        suffix = ".onnx" if args.format == "onnx" else ".engine"
-        main = Path(args.output) if args.output else Path(stem + suffix)
+    if args.format in ("onnx", "onnx-cpu", "engine"):
+        suffix = ".engine" if args.format == "engine" else ".onnx"
+        default = stem + (".cpu.onnx" if args.format == "onnx-cpu" else suffix)
+        main = Path(args.output) if args.output else Path(default)
         if main.suffix != suffix:
             raise UsageError(f"--format {args.format} writes a {suffix} file; -o {main} has another suffix")
-        onnx_path = main if args.format == "onnx" else main.with_suffix(".onnx")
+        onnx_path = main if args.format != "engine" else main.with_suffix(".onnx")
         return {"onnx": onnx_path, "engine": main.with_suffix(".engine"), "folder": main.parent}
     folder = Path(args.output) if args.output else Path(stem + ("_triton" if args.format == "triton" else
                                                                   "_export"))
@@ -188,12 +194,18 @@ def run_export(args: argparse.Namespace) -> list[Any]:
         print(report.summary())
         reports.append(report)
 
-    onnx_path = export_onnx(model, paths["onnx"], meta("fp32"), opset=args.opset or 17, batch=args.batch,
-                            anatomy_op=anatomy_op, simplify=bool(args.simplify))
+    if args.format == "onnx-cpu":
+        from kasf.export.onnx_export import export_onnxruntime_cpu
+
+        onnx_path = export_onnxruntime_cpu(model, paths["onnx"], meta("fp32"), opset=args.opset or 17,
+                                           batch=args.batch)
+    else:
+        onnx_path = export_onnx(model, paths["onnx"], meta("fp32"), opset=args.opset or 17, batch=args.batch,
+                                anatomy_op=anatomy_op, simplify=bool(args.simplify))
     print(f"wrote {onnx_path}")
     judge(onnx_path, "fp32", Lifter.load(onnx_path, device=device))
     served = onnx_path
-    if args.int8 and args.format in ("onnx", "triton", "all"):
+    if args.int8 and args.format in ("onnx", "onnx-cpu", "triton", "all"):
         int8_path = quantize_int8(onnx_path, onnx_path.with_suffix(".int8.onnx"), meta("int8"),
                                   calib)
         print(f"wrote {int8_path}")

@@ -63,9 +63,10 @@ class PerFrameMLP(nn.Module):
         self.head = nn.Linear(hidden_dim, num_joints * dim_out)
 
     def set_inference_path(self, path: str) -> "PerFrameMLP":
-        """Accepted for interface parity with KASportsFormer (the Lifter calls it); an MLP has one path."""
-        if path not in ("fused", "reference"):
-            raise ValueError(f"inference path must be 'fused' or 'reference', got {path!r}")
+        """Accepted for interface parity with KASportsFormer (the Lifter and the CPU export call it); an MLP has
+        one path, whatever the name."""
+        if path not in ("fused", "reference", "onnxruntime"):
+            raise ValueError(f"inference path must be 'reference', 'fused' or 'onnxruntime', got {path!r}")
         return self
 
     def check_input(self, x: torch.Tensor) -> None:

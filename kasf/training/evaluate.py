@@ -20,8 +20,8 @@ from kasf.conventions import flip_pose, to_millimetres
 from kasf.data.sources import Windows
 from kasf.training import metrics
 
-REPORT_KEYS = ("mpjpe", "p_mpjpe", "accel_error", "mpjpe_last_frame", "mpjpe_centre_frame", "per_action",
-               "per_joint")
+REPORT_KEYS = ("mpjpe", "p_mpjpe", "accel_error", "mpjpe_last_frame", "mpjpe_centre_frame", "p_mpjpe_last_frame",
+               "p_mpjpe_centre_frame", "per_action", "per_joint")
 
 
 def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -93,6 +93,8 @@ def evaluate_predictions(pred: np.ndarray, windows: Windows) -> dict[str, Any]:
         "accel_error": _mean_over_actions(accel, actions),
         "mpjpe_last_frame": _mean_over_actions(frame_mpjpe[:, -1], actions),
         "mpjpe_centre_frame": _mean_over_actions(frame_mpjpe[:, centre], actions),
+        "p_mpjpe_last_frame": _mean_over_actions(frame_pa[:, -1], actions),
+        "p_mpjpe_centre_frame": _mean_over_actions(frame_pa[:, centre], actions),
         "per_action": per_action,
         "per_joint": {name: float(v) for name, v in zip(skeleton.JOINT_NAMES, per_joint)},
         **metrics.body_part_errors(per_joint),
@@ -118,8 +120,9 @@ def evaluate_model(model: torch.nn.Module, windows: Windows, flip: bool = True, 
 def format_report(report: dict[str, Any]) -> str:
     """A plain-text table of the main numbers, per action and per body part."""
     lines = [f"MPJPE {report['mpjpe']:.1f} mm | P-MPJPE {report['p_mpjpe']:.1f} mm | "
-             f"accel {report['accel_error']:.2f} mm/frame^2 | last frame {report['mpjpe_last_frame']:.1f} mm | "
-             f"centre frame {report['mpjpe_centre_frame']:.1f} mm | upper {report['upper_body']:.1f} mm | "
+             f"accel {report['accel_error']:.2f} mm/frame^2 | last frame {report['mpjpe_last_frame']:.1f} mm "
+             f"(P {report.get('p_mpjpe_last_frame', float('nan')):.1f}) | centre frame "
+             f"{report['mpjpe_centre_frame']:.1f} mm (P {report.get('p_mpjpe_centre_frame', float('nan')):.1f}) | upper {report['upper_body']:.1f} mm | "
              f"lower {report['lower_body']:.1f} mm | flip {'on' if report.get('flip') else 'off'} | "
              f"{report['windows']} windows",
              f"{'action':<28}{'MPJPE':>9}{'P-MPJPE':>9}{'accel':>8}{'windows':>9}"]
