@@ -69,15 +69,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="minimum timed seconds per measurement")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--compile", action="store_true", help="also measure the torch.compile'd forward")
+    parser.add_argument("--precision", choices=("fp32", "reduced", "both"), default="both",
+                        help="fp32, the machine's reduced precision (bf16 autocast where supported), or both")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    precisions = ["fp32"]
     reduced = resolve_precision("auto", device)
-    if reduced != "fp32":
-        precisions.append(reduced)
+    precisions = {"fp32": ["fp32"], "reduced": [reduced], "both": sorted({"fp32", reduced})}[args.precision]
     rows = [measure(p, batch, prec, args.seconds, device, compiled)
             for p in args.presets for batch in args.batch_size for prec in precisions
             for compiled in ([False, True] if args.compile else [False])]
