@@ -29,21 +29,8 @@ mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 PY="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" KASF_REQUIRE_EXT=1
-: > "$OUT/steps.jsonl"
-WORST=0
-
-step() {  # step NAME SECONDS COMMAND...
-    local name="$1" limit="$2" start rc
-    shift 2
-    start=$(date +%s)
-    timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
-    rc=$?
-    printf '{"step": "%s", "rc": %d, "seconds": %d, "limit_s": %d}\n' "$name" "$rc" "$(( $(date +%s) - start ))" \
-        "$limit" >> "$OUT/steps.jsonl"
-    echo "[gpu_check] $name: exit $rc after $(( $(date +%s) - start )) s (limit $limit s)"
-    (( rc > WORST )) && WORST=$rc
-    return 0
-}
+TAG=gpu_check
+source benchmarks/gpu_steps.sh
 
 step env 20 bash -c "nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv; \
   $PY -c 'import torch; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, torch.cuda.get_device_name())'; \

@@ -21,20 +21,10 @@ PY="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 MOCAP="${MOCAP_ROOT:-data/cmu_mocap}"
 [ -d "$MOCAP" ] || MOCAP=../shared/data/cmu_mocap
-WORST=0
+TAG=gpu_train
+source benchmarks/gpu_steps.sh
 # kasf's CLIs without installing the package (no console scripts on a bare machine): CLI NAME ARGS...
 CLI=("$PY" -c 'import sys; from kasf.training import cli; sys.exit(getattr(cli, sys.argv[1] + "_main")(sys.argv[2:]))')
-
-step() {  # step NAME SECONDS COMMAND...
-    local name="$1" limit="$2" start rc
-    shift 2
-    start=$(date +%s)
-    timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
-    rc=$?
-    echo "[gpu_train] $name: exit $rc after $(( $(date +%s) - start )) s (limit $limit s)" | tee -a "$OUT/steps.log"
-    (( rc > WORST )) && WORST=$rc
-    return 0
-}
 
 step env 20 bash -c "nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; \
   $PY -c 'import torch; print(\"torch\", torch.__version__, torch.cuda.get_device_name())'"
