@@ -13,6 +13,11 @@ def test_performance_section_in_readme_is_current():
     assert render(text, {"performance": SECTIONS["performance"]}) == text, "run python benchmarks/update_readme.py"
 
 
+def test_training_results_in_readme_are_current():
+    text = README.read_text()
+    assert render(text, {"train_results": SECTIONS["train_results"]}) == text, "run python benchmarks/update_readme.py"
+
+
 def test_stream_numbers_in_docs_come_from_the_results_file():
     from benchmarks.update_readme import PAGES, STREAMING_DOC
 

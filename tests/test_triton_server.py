@@ -127,6 +127,15 @@ def _poses(path: Path) -> list[dict]:
     return rows
 
 
+def _assert_same_poses(served: list[dict], local: list[dict], what: str) -> None:
+    """Every field equal, the 3D within 0.01 mm: the server runs several streams in one batch, and a batched
+    matrix product may round differently in the last bit, which can flip the JSONL's third decimal of a mm."""
+    assert len(served) == len(local), what
+    for got, want in zip(served, local):
+        assert {k: v for k, v in got.items() if k != "joints3d"} == {k: v for k, v in want.items() if k != "joints3d"}
+        np.testing.assert_allclose(got["joints3d"], want["joints3d"], atol=0.01, rtol=0, err_msg=what)
+
+
 def _local_poses(onnx: Path, keypoints: Path, out: Path, frames: int = FRAMES) -> list[dict]:
     from kasf.runtime.cli import main as stream_main
 
@@ -144,7 +153,8 @@ def test_four_streams_at_once_get_their_local_poses_and_the_server_batches(serve
     assert [p.returncode for p in procs] == [0] * 4, errors
     for i, kp in enumerate(inputs):
         local = _local_poses(exported["onnx"], kp, tmp_path / f"local{i}.jsonl")
-        assert len(local) == FRAMES and _poses(tmp_path / f"cam{i}.jsonl") == local, f"stream {i} differs"
+        assert len(local) == FRAMES
+        _assert_same_poses(_poses(tmp_path / f"cam{i}.jsonl"), local, f"stream {i}")
     after = server.metrics()
     requests = after["nv_inference_request_success"] - before.get("nv_inference_request_success", 0)
     executions = after["nv_inference_exec_count"] - before.get("nv_inference_exec_count", 0)
@@ -170,6 +180,6 @@ def test_killing_the_server_mid_stream_is_a_clear_error_and_keeps_the_poses(expo
     got = _poses(out)
     assert 30 <= len(got) < 3 * 171, "the server should die mid-stream"
     local = _local_poses(exported["onnx"], keypoints, tmp_path / "local.jsonl", len(got))
-    assert got == local[:len(got)]  # every pose lifted before the crash was written, in order
+    _assert_same_poses(got, local[:len(got)], "poses before the crash")  # every one written, in order
     stats_frames = int(last.split("after ")[1].split(" ")[0])
     assert len(got) == stats_frames - 1  # only the frame in flight when the server died is missing
