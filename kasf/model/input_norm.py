@@ -1,4 +1,4 @@
-"""Position and size of the person taken out of the 2D input, and the size put back into the 3D output.
+"""The lifters' input window: its check, and the position and size of the person taken out of the 2D input, and the size put back into the 3D output.
 
 Why: the reference normalises keypoints by the image width only, so the same pose arrives at any place of the
 image and at any size (a broadcast camera's far player is 10 % of the frame height, a handheld close-up 80 %). The
@@ -23,6 +23,16 @@ from kasf import skeleton
 INPUT_NORMS = ("none", "frame", "window")
 _MIN_WEIGHT = 1e-2  # a joint with confidence 0 still counts a little: a window of zeros has a defined size
 _MIN_SIZE = 1e-4  # normalised image units: a degenerate (all joints on the pelvis) pose is not divided by 0
+
+
+def check_window(x: torch.Tensor, n_frames: int, num_joints: int, dim_in: int, model: str) -> None:
+    """One clear error for a wrong window instead of a reshape failure deep inside a lifter (any of kasf's)."""
+    expected = (n_frames, num_joints, dim_in)
+    if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+        raise ValueError(f"{model} expects input of shape (batch, {expected[0]}, {expected[1]}, {expected[2]}) = "
+                         f"(batch, frames, joints, [x, y, confidence]); got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{model} expects a floating-point input, got {x.dtype}")
 
 
 def check_input_norm(mode: str, allowed: tuple[str, ...] = INPUT_NORMS) -> str:

@@ -14,7 +14,7 @@ from torch import nn
 
 from kasf import skeleton
 from kasf.model.anatomy import BoneExtractor, LimbFuser
-from kasf.model.input_norm import canonical_input, check_input_norm, restore_size
+from kasf.model.input_norm import canonical_input, check_input_norm, check_window, restore_size
 from kasf.model.layers import Attention, FormerModule
 
 INFERENCE_PATHS = ("reference", "fused", "onnxruntime")
@@ -157,13 +157,7 @@ class KASportsFormer(nn.Module):
         return self.layers_with_bone if self.use_anatomy else self.layers
 
     def check_input(self, x: torch.Tensor) -> None:
-        """One clear error for a wrong window instead of a reshape failure deep inside."""
-        expected = (self.n_frames, self.num_joints, self.dim_in)
-        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"KASportsFormer expects input of shape (batch, {expected[0]}, {expected[1]}, "
-                             f"{expected[2]}) = (batch, frames, joints, [x, y, confidence]); got {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise ValueError(f"KASportsFormer expects a floating-point input, got {x.dtype}")
+        check_window(x, self.n_frames, self.num_joints, self.dim_in, "KASportsFormer")
 
     def forward(self, x: torch.Tensor, return_rep: bool = False) -> torch.Tensor:
         if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from kasf import skeleton
-from kasf.model.input_norm import canonical_input, check_input_norm, restore_size
+from kasf.model.input_norm import canonical_input, check_input_norm, check_window, restore_size
 
 MODEL_NAME = "mlp"
 
@@ -70,12 +70,7 @@ class PerFrameMLP(nn.Module):
         return self
 
     def check_input(self, x: torch.Tensor) -> None:
-        expected = (self.n_frames, self.num_joints, self.dim_in)
-        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"the MLP lifter expects input of shape (batch, {expected[0]}, {expected[1]}, "
-                             f"{expected[2]}) = (batch, frames, joints, [x, y, confidence]); got {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise ValueError(f"the MLP lifter expects a floating-point input, got {x.dtype}")
+        check_window(x, self.n_frames, self.num_joints, self.dim_in, "the MLP lifter")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):

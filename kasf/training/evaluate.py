@@ -121,8 +121,8 @@ def format_report(report: dict[str, Any]) -> str:
     """A plain-text table of the main numbers, per action and per body part."""
     lines = [f"MPJPE {report['mpjpe']:.1f} mm | P-MPJPE {report['p_mpjpe']:.1f} mm | "
              f"accel {report['accel_error']:.2f} mm/frame^2 | last frame {report['mpjpe_last_frame']:.1f} mm "
-             f"(P {report.get('p_mpjpe_last_frame', float('nan')):.1f}) | centre frame "
-             f"{report['mpjpe_centre_frame']:.1f} mm (P {report.get('p_mpjpe_centre_frame', float('nan')):.1f}) | upper {report['upper_body']:.1f} mm | "
+             f"(P {report['p_mpjpe_last_frame']:.1f}) | centre frame {report['mpjpe_centre_frame']:.1f} mm "
+             f"(P {report['p_mpjpe_centre_frame']:.1f}) | upper {report['upper_body']:.1f} mm | "
              f"lower {report['lower_body']:.1f} mm | flip {'on' if report.get('flip') else 'off'} | "
              f"{report['windows']} windows",
              f"{'action':<28}{'MPJPE':>9}{'P-MPJPE':>9}{'accel':>8}{'windows':>9}"]
