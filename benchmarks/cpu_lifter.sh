@@ -9,14 +9,14 @@ cd "$(dirname "$0")/.."
 THREADS="${THREADS:-$(nproc)}"
 R="${RESULTS:-benchmarks/results}"
 kasf-bench --presets kasportsformer-t --threads "$THREADS" \
-  --backends eager-reference,eager-fused,bf16,cpu-auto,ort-fp32,ort-int8,ort-cpu-fp32,ort-cpu-int8 --batches 1 \
+  --backends eager-reference,eager-fused,compile,bf16,cpu-auto,ort-fp32,ort-int8,ort-cpu-fp32,ort-cpu-int8 --batches 1 \
   --min-time "${MIN_TIME:-3}" --warmup 5 --json $R/cpu_lifter_demo.json --markdown $R/cpu_lifter_demo.md
 if [ "${SKIP_FULL:-0}" != 1 ]; then
   kasf-bench --presets kasportsformer --threads "$THREADS" \
     --backends eager-reference,bf16,cpu-auto,ort-cpu-fp32,ort-cpu-int8 --batches 1 --min-time "${MIN_TIME:-5}" --warmup 2 \
     --json $R/cpu_lifter_full.json --markdown $R/cpu_lifter_full.md
 fi
-# kasf-stream: eager PyTorch and the demo's ONNX Runtime CPU graphs (fp32, int8)
+# kasf-stream: eager PyTorch and the demo's ONNX Runtime CPU graphs (fp32, int8), one session and one per core
 ONNX_DIR="$(mktemp -d)"
 python -c "import sys; from pathlib import Path; from kasf.bench import onnx_for; from kasf.checkpoint import \
 resolve_checkpoint_path as r; [onnx_for(r('demo'), Path(sys.argv[1]), int8=q, cpu_graph=True) for q in (0, 1)]" "$ONNX_DIR"
@@ -25,7 +25,13 @@ python benchmarks/stream_bench.py --model "$ONNX_DIR/demo.cpu.onnx" --threads "$
   --json $R/stream_cpu_demo_ort_cpu.json
 python benchmarks/stream_bench.py --model "$ONNX_DIR/demo.cpu.int8.onnx" --threads "$THREADS" --frames 300 --seconds 0 \
   --json $R/stream_cpu_demo_ort_cpu_int8.json
+# the same graphs with each frame's people split over one single-threaded session per core (--workers)
+python benchmarks/stream_bench.py --model "$ONNX_DIR/demo.cpu.onnx" --threads "$THREADS" --workers "$THREADS" \
+  --frames 300 --seconds 0 --json $R/stream_cpu_demo_ort_cpu_workers.json
+python benchmarks/stream_bench.py --model "$ONNX_DIR/demo.cpu.int8.onnx" --threads "$THREADS" --workers "$THREADS" \
+  --frames 300 --seconds 0 --json $R/stream_cpu_demo_ort_cpu_int8_workers.json
 python benchmarks/stream_bench.py --table $R/stream_cpu_demo.json $R/stream_cpu_demo_ort_cpu.json \
-  $R/stream_cpu_demo_ort_cpu_int8.json > $R/stream_cpu.md
+  $R/stream_cpu_demo_ort_cpu_int8.json $R/stream_cpu_demo_ort_cpu_workers.json \
+  $R/stream_cpu_demo_ort_cpu_int8_workers.json > $R/stream_cpu.md
 rm -rf "$ONNX_DIR"
 [ -n "${RESULTS:-}" ] || python benchmarks/update_readme.py

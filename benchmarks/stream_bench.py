@@ -86,7 +86,9 @@ def table(paths: list[str]) -> str:
         load = f"{m['load_avg_1m_at_start']:.2f} → {r['load_avg_1m_at_end']:.2f}"
         for run in r["runs"]:
             lift = run["stages"]["lift"]
-            rows.append(f"| `{os.path.basename(r['model'])}` | {r.get('backend', '?')}, {r.get('precision', '?')} | "
+            workers = f", {r['workers']} sessions" if r.get("workers", 1) > 1 else ""
+            backend = f"{r.get('backend', '?')}, {r.get('precision', '?')}{workers}"
+            rows.append(f"| `{os.path.basename(r['model'])}` | {backend} | "
                         f"{run['people']} | {run['poses_per_s']:.1f} | {run['frames_per_s']:.1f} | {lift['p50_ms']:.2f} | "
                         f"{lift['p95_ms']:.2f} | {load} |")
         if "memory" in r:
@@ -105,6 +107,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--model", default="demo")
     p.add_argument("--threads", type=int, default=1, help="PyTorch and ONNX Runtime intra-op threads")
     p.add_argument("--precision", help="as Lifter.load takes it: fp32, bf16, auto (checkpoints on the CPU)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="ONNX Runtime: split each frame's batch over this many single-threaded sessions")
     p.add_argument("--frames", type=int, default=600, help="frames per throughput run")
     p.add_argument("--seconds", type=float, default=60.0, help="length of the memory run (0 skips it)")
     p.add_argument("--json", help="write the results here")
@@ -118,7 +122,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     from kasf.runtime.lifter import Lifter
 
-    lifter = Lifter.load(args.model, device="cpu", precision=args.precision, threads=args.threads)
+    lifter = Lifter.load(args.model, device="cpu", precision=args.precision, threads=args.threads,
+                         workers=args.workers)
     lifter.predict(np.zeros((4, lifter.n_frames, 17, 3), np.float32))  # warm-up
     results: dict[str, Any] = {
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "cpu_flags": cpu_flags(),
@@ -126,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "versions": {"torch": torch.__version__, "numpy": np.__version__,
                      "onnxruntime": _version("onnxruntime")},
         "model": args.model, "preset": lifter.metadata.get("preset"), "backend": lifter.backend,
-        "precision": lifter.precision, "choice": lifter.choice, "runs": []}
+        "precision": lifter.precision, "choice": lifter.choice, "workers": args.workers, "runs": []}
     for people in (1, 4):
         results["runs"].append(one_run(lifter, people, args.frames))
         r = results["runs"][-1]

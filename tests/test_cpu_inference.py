@@ -19,7 +19,8 @@ from tests.conftest import perturbed_model
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime", reason="needs onnxruntime (pip install kasf[onnx])")
 
-from kasf.export.onnx_export import ORT_OPTIMIZED_KEY, export_onnx, export_onnxruntime_cpu, quantize_int8  # noqa: E402
+from kasf.export.onnx_export import (ORT_OPTIMIZED_KEY, export_onnx, export_onnxruntime_cpu,  # noqa: E402
+                                     fold_channel_scales, quantize_int8)
 
 
 def _metadata(model, precision: str) -> dict[str, str]:
@@ -60,6 +61,47 @@ def test_cpu_graph_is_the_fused_one(model, cpu_onnx, tmp_path):
     assert ops["Erf"] == 0 and ops["Softmax"] == blocks  # Gelu fused; softmax only in the adaptive fusion
     portable = export_onnx(model, tmp_path / "portable.onnx", _metadata(model, "fp32"), batch=1)
     assert sum(ops.values()) < 0.6 * len(onnx.load(str(portable)).graph.node)
+    # dynamic batch, yet no shape arithmetic per attention (3 Shape nodes in the anatomy features, none per block)
+    assert ops["Shape"] <= 3
+    # layer scales folded into the proj / fc2 weights: what Muls remain are the graph mixers' and the fusion's
+    layer_scales = sum(p.numel() > 0 for n, p in model.named_parameters() if "layer_scale" in n)
+    assert ops["Mul"] < layer_scales
+
+
+def _linear_graph(weight, bias, scale, extra_reader: bool):
+    """x (2, 3, 4) -> MatMul(weight) -> Add(bias) -> Mul(scale) -> y; optionally the Add's output is an output too."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["lin"]),
+             helper.make_node("Mul", ["s", "lin"], ["y"])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 5])]
+    if extra_reader:
+        outputs.append(helper.make_tensor_value_info("lin", TensorProto.FLOAT, [2, 3, 5]))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
+                              outputs, [numpy_helper.from_array(a, n) for a, n in
+                                        ((weight, "w"), (bias, "b"), (scale, "s"))])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("extra_reader", [False, True])
+def test_channel_scales_fold_into_the_product(extra_reader):
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    weight, bias = rng.normal(size=(4, 5)).astype(np.float32), rng.normal(size=5).astype(np.float32)
+    scale = np.array([0.5, 2.0, -1.0, 0.0, 3.0], np.float32)
+    proto = _linear_graph(weight, bias, scale, extra_reader)
+    x = rng.normal(size=(2, 3, 4)).astype(np.float32)
+    expected = (x @ weight + bias) * scale  # by hand
+    folded = fold_channel_scales(proto)
+    onnx.checker.check_model(proto)
+    ops = Counter(n.op_type for n in proto.graph.node)
+    if extra_reader:  # the unscaled output is read elsewhere: folding would change it, so nothing moves
+        assert folded == 0 and ops["Mul"] == 1
+    else:
+        assert folded == 1 and ops["Mul"] == 0 and {t.name for t in proto.graph.initializer}.isdisjoint("wbs")
+    y = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(["y"], {"x": x})[0]
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_int8_of_the_cpu_graph_stays_within_1mm(tmp_path):
@@ -72,3 +114,23 @@ def test_int8_of_the_cpu_graph_stays_within_1mm(tmp_path):
     report = check_parity(_torch_fn(demo), lifter.predict, str(int8), "onnxruntime", "int8", 27,
                           load_real_windows(27))
     assert lifter.precision == "int8" and report.passed, report.summary()
+
+
+@pytest.mark.parametrize("batch", [1, 2, 5])
+def test_workers_split_the_batch_and_keep_the_order(cpu_onnx, batch):
+    """Two sessions each lift a part of the batch: the result is the one-session result, row for row (a part
+    put back in the wrong place would swap people)."""
+    windows = load_real_windows(27).inputs[:batch]
+    one = Lifter.load(cpu_onnx, device="cpu").predict(windows)
+    split = Lifter.load(cpu_onnx, device="cpu", workers=2).predict(windows)
+    assert split.shape == one.shape
+    np.testing.assert_allclose(split, one, rtol=1e-5, atol=1e-5)
+
+
+def test_workers_need_onnxruntime_on_the_cpu(cpu_onnx):
+    from kasf.runtime.lifter import LifterError
+
+    with pytest.raises(LifterError, match="workers=2 applies to ONNX Runtime"):
+        Lifter.load("demo", device="cpu", workers=2)
+    with pytest.raises(LifterError, match="whole number >= 1"):
+        Lifter.load(cpu_onnx, device="cpu", workers=0)

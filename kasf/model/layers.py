@@ -135,15 +135,19 @@ class Attention(nn.Module):
         return t.reshape(-1, self.n_frames, self.num_joints, self.dim)
 
     def _tokens(self, t: torch.Tensor) -> torch.Tensor:
-        """(B, T, J, C) -> rows of the sequences attended over: (B*T, J, C) spatial, (B*J, T, C) temporal."""
+        """(B, T, J, D) -> rows of the sequences attended over: (B*T, J, D) spatial, (B*J, T, D) temporal.
+
+        Shapes from the module's own sizes, not from ``t.shape``: a traced ``t.shape`` becomes Shape, Gather,
+        Unsqueeze and Concat nodes that ONNX Runtime evaluates on every run of a dynamic-batch graph.
+        """
         if self.mode == "spatial":
-            return t.reshape(-1, self.num_joints, t.shape[-1])
-        return t.transpose(1, 2).reshape(-1, self.n_frames, t.shape[-1])
+            return t.reshape(-1, self.num_joints, self.dim)
+        return t.transpose(1, 2).reshape(-1, self.n_frames, self.dim)
 
     def _untokens(self, t: torch.Tensor) -> torch.Tensor:
         if self.mode == "spatial":
-            return t.reshape(-1, self.n_frames, self.num_joints, t.shape[-1])
-        return t.reshape(-1, self.num_joints, self.n_frames, t.shape[-1]).transpose(1, 2)
+            return t.reshape(-1, self.n_frames, self.num_joints, self.dim)
+        return t.reshape(-1, self.num_joints, self.n_frames, self.dim).transpose(1, 2)
 
     def _exports_ort_nodes(self) -> bool:
         return self.onnxruntime_nodes and torch.onnx.is_in_onnx_export()
@@ -171,7 +175,7 @@ class BoneCrossAttention(Attention):
 
     def forward(self, x: torch.Tensor, limb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         if self._exports_ort_nodes():
-            k, v = self.qkv_kv(self._tokens(limb)).chunk(2, dim=-1)
+            k, v = self.qkv_kv(self._tokens(limb)).split(self.dim, dim=-1)  # constant sizes: no Shape node
             out = _OrtAttention.apply(self.qkv_q(self._tokens(x)), k, v, self.num_heads, self.scale)
             return self.proj_drop(self.proj(self._untokens(out)))
         q = self._split_heads(self.qkv_q(x), 1)[0]

@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PyTorch CPU threads for the lifter (default 1: the stream shares the CPU with capture, the "
                         "2D detector and rendering, and a small lifter at batch 1-4 loses more to thread hand-offs "
                         "than it gains; 0 keeps PyTorch's default)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="ONNX Runtime on the CPU (an .onnx model): lift each frame's people as this many parts at "
+                        "once, one single-threaded session per part (e.g. 2 on a 2-core machine with several people)")
     p.add_argument("--mode", choices=MODES, default="causal")
     p.add_argument("--stride", type=int, default=9, help="frames per lift in chunk mode")
     p.add_argument("--flip", action="store_true", help="flip test-time augmentation (doubles the lift batch)")
@@ -158,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kasf.runtime.lifter import Lifter
 
         lifter = Lifter.load(args.model, device=args.device, precision=args.precision,
-                             allow_fallback=args.allow_cpu_fallback)
+                             allow_fallback=args.allow_cpu_fallback, workers=args.workers)
         source, truth = _open_source(args)
         detector = _detector(args) if args.keypoints is None and truth is None else None
         pipeline = Pipeline(lifter, source.image_wh, mode=args.mode, stride=args.stride, flip=args.flip,

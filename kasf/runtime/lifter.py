@@ -61,17 +61,24 @@ class Lifter:
              preset: str | None = None, config: str | Mapping[str, Any] | None = None, precision: str | None = None,
              compile: bool | str = False, allow_fallback: bool = False, ort_provider: str | None = None,
              threads: int | None = None, inference_path: str = "reference",
-             cuda_graphs: bool | None = None) -> "Lifter":
+             cuda_graphs: bool | None = None, workers: int = 1) -> "Lifter":
         """Open any kasf artefact. ``threads`` sets ONNX Runtime's intra-op threads (PyTorch's are process-wide:
         torch.set_num_threads); ``inference_path='fused'`` runs a checkpoint with fused attention and grouped limb MLPs;
         ``compile`` is True or a torch.compile mode (e.g. 'reduce-overhead'); ``cuda_graphs`` (default: on for a
         checkpoint on a CUDA device unless compiled) replays a captured forward, with fp16/bf16 weights converted once
         where ``precision`` asks. On the CPU, ``precision='bf16'`` runs the large matrix products with bf16 weights
         converted once (kasf.runtime.cpu_bf16); ``precision='auto'`` (checkpoints on the CPU only) picks fp32 or
-        bf16 from the machine's features (kasf.runtime.cpu_choice) and records why in ``Lifter.choice``."""
+        bf16 from the machine's features (kasf.runtime.cpu_choice) and records why in ``Lifter.choice``.
+        ``workers`` (ONNX Runtime on the CPU): split a batch into this many parts run at once, each in its own
+        session with ``threads // workers`` threads (default 1 each), e.g. the people of a frame over the cores."""
         if device not in DEVICES:
             raise LifterError(f"device must be one of {DEVICES}, got {device!r}")
+        if not isinstance(workers, int) or workers < 1:
+            raise LifterError(f"workers must be a whole number >= 1, got {workers!r}")
         backend = backend or backend_for(path)
+        if workers > 1 and backend != "onnxruntime":
+            raise LifterError(f"workers={workers} applies to ONNX Runtime on the CPU (an .onnx file); {path} runs "
+                              f"on {backend}")
         if backend not in BACKENDS:
             raise LifterError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
         if backend == "triton":
@@ -84,7 +91,7 @@ class Lifter:
         if preset or config:
             raise LifterError(f"--preset/--config apply to checkpoints; {path} carries its own metadata")
         if backend == "onnxruntime":
-            return _load_onnxruntime(Path(path), device, precision, allow_fallback, ort_provider, threads)
+            return _load_onnxruntime(Path(path), device, precision, allow_fallback, ort_provider, threads, workers)
         return _load_tensorrt(Path(path), device, precision)
 
     def predict(self, windows: np.ndarray) -> np.ndarray:
@@ -207,7 +214,7 @@ _ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"
 
 
 def _load_onnxruntime(path: Path, device: str, precision: str | None, allow_fallback: bool,
-                      ort_provider: str | None, threads: int | None = None) -> Lifter:
+                      ort_provider: str | None, threads: int | None = None, workers: int = 1) -> Lifter:
     try:
         import onnxruntime as ort
     except ImportError:
@@ -225,29 +232,60 @@ def _load_onnxruntime(path: Path, device: str, precision: str | None, allow_fall
     providers = [wanted] + (["CUDAExecutionProvider"] if wanted == "TensorrtExecutionProvider" else [])
     from kasf.anatomy_op.onnx_modes import ort_session  # registers the AnatomyFeatures op for --anatomy-op plugin models
 
-    options = ort.SessionOptions()
-    # A graph kasf-export already optimised (metadata ort_optimized) gets only the basic passes: start-up does not
-    # redo the fusions. Others get all of ORT's optimisations, applied at every load.
-    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if meta.get("ort_optimized")
-                                        else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
-    if threads:
-        options.intra_op_num_threads = threads
-    fallback = [] if wanted == "CPUExecutionProvider" else ["CPUExecutionProvider"]
-    session = ort_session(path, providers=providers + fallback, sess_options=options)
+    if workers > 1 and wanted != "CPUExecutionProvider":
+        raise LifterError(f"workers={workers} splits batches over CPU cores; {path.name} runs on {wanted}, which "
+                          "takes the whole batch at once")
+
+    def open_session(intra_op_threads: int | None) -> Any:
+        options = ort.SessionOptions()
+        # A graph kasf-export already optimised (metadata ort_optimized) gets only the basic passes: start-up does
+        # not redo the fusions. Others get all of ORT's optimisations, applied at every load.
+        options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if meta.get("ort_optimized")
+                                            else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+        if intra_op_threads:
+            options.intra_op_num_threads = intra_op_threads
+        fallback = [] if wanted == "CPUExecutionProvider" else ["CPUExecutionProvider"]
+        return ort_session(path, providers=providers + fallback, sess_options=options)
+
+    sessions = [open_session(max(1, (threads or 0) // workers) if workers > 1 else threads) for _ in range(workers)]
+    session = sessions[0]
     got = session.get_providers()[0]
     if got != wanted and not allow_fallback:
         raise LifterError(f"ONNX Runtime asked for {wanted} but runs {path.name} on {got}")
     output_name = session.get_outputs()[0].name
-
-    def run(windows: np.ndarray) -> np.ndarray:
-        return session.run([output_name], {INPUT_NAME: windows})[0].astype(np.float32, copy=False)
-
     batch_dim = session.get_inputs()[0].shape[0]
     fixed = batch_dim if isinstance(batch_dim, int) else None
-    lifter = Lifter(run, "onnxruntime", device, meta["precision"], meta["n_frames"], meta, max_batch=fixed)
-    if fixed:
-        lifter.run = _pad_to_batch(run, fixed)
+
+    def runner(one: Any) -> Callable[[np.ndarray], np.ndarray]:
+        def run(windows: np.ndarray) -> np.ndarray:
+            return one.run([output_name], {INPUT_NAME: windows})[0].astype(np.float32, copy=False)
+
+        return _pad_to_batch(run, fixed) if fixed else run
+
+    runs = [runner(one) for one in sessions]
+    lifter = Lifter(runs[0], "onnxruntime", device, meta["precision"], meta["n_frames"], meta,
+                    max_batch=fixed * workers if fixed else None)  # with workers, parts of at most ``fixed``
+    if workers > 1:
+        lifter.run = _split_over(runs)
     return lifter
+
+
+def _split_over(runs: list[Callable[[np.ndarray], np.ndarray]]) -> Callable[[np.ndarray], np.ndarray]:
+    """A batch cut into up to len(runs) parts, each run by its own session at the same time (ONNX Runtime lets
+    go of the GIL while it computes); the calling thread runs the first part. Why: at the batches of a live
+    stream (1-8 people) a small model's ops are too short for ORT's intra-op threads to share well, whole windows
+    on separate cores are not."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=len(runs) - 1, thread_name_prefix="kasf-lift")
+
+    def run(windows: np.ndarray) -> np.ndarray:
+        parts = np.array_split(windows, min(len(runs), len(windows)))
+        futures = [pool.submit(part_run, part) for part_run, part in zip(runs[1:], parts[1:])]
+        first = runs[0](parts[0])
+        return np.concatenate([first] + [future.result() for future in futures])
+
+    return run
 
 
 def _load_triton(url: str, device: str, precision: str | None, checkpoint_options: Any) -> Lifter:
