@@ -76,11 +76,11 @@ class Lifter:
         if not isinstance(workers, int) or workers < 1:
             raise LifterError(f"workers must be a whole number >= 1, got {workers!r}")
         backend = backend or backend_for(path)
+        if backend not in BACKENDS:
+            raise LifterError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
         if workers > 1 and backend != "onnxruntime":
             raise LifterError(f"workers={workers} applies to ONNX Runtime on the CPU (an .onnx file); {path} runs "
                               f"on {backend}")
-        if backend not in BACKENDS:
-            raise LifterError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
         if backend == "triton":
             return _load_triton(str(path), device, precision, preset or config)
         if str(path) != "demo" and not Path(path).exists():
