@@ -272,9 +272,9 @@ def _load_onnxruntime(path: Path, device: str, precision: str | None, allow_fall
 
 def _split_over(runs: list[Callable[[np.ndarray], np.ndarray]]) -> Callable[[np.ndarray], np.ndarray]:
     """A batch cut into up to len(runs) parts, each run by its own session at the same time (ONNX Runtime lets
-    go of the GIL while it computes); the calling thread runs the first part. Why: at the batches of a live
-    stream (1-8 people) a small model's ops are too short for ORT's intra-op threads to share well, whole windows
-    on separate cores are not."""
+    go of the GIL while it computes); the calling thread runs the first part. Why: a small model's ops are too
+    short for ORT's intra-op threads to share well, whole windows on separate cores are not (demo size, 4 windows
+    on 2 cores: 21 ms against 30 ms for one 2-thread session; docs/cpu_inference.md)."""
     from concurrent.futures import ThreadPoolExecutor
 
     pool = ThreadPoolExecutor(max_workers=len(runs) - 1, thread_name_prefix="kasf-lift")
