@@ -170,3 +170,58 @@ def test_cpu_clock_budget_with_augmentation_and_input_norm(tmp_path, monkeypatch
     assert "time budget of 1 min reached" in capsys.readouterr().out
     assert len(rows) == 1 and 1 <= int(rows[-1]["step"]) <= 4  # 60 fake CPU seconds: 3 readings of the loop
     assert read_checkpoint(out / "best.pt").config["input_norm"] == "window"
+
+
+def test_weight_average_is_what_is_validated_saved_and_resumed(source, tmp_path, capsys):
+    """ema_decay: best.pt holds the averaged weights (kasf-eval on it gives the logged validation MPJPE), not the
+    live ones in latest.pt; a resume carries the average on, and a run without one is not resumed with one."""
+    out = tmp_path / "run"
+    args = TINY + [f"source_file={source}", "data_flavour=generic", f"cache_dir={tmp_path / 'cache'}",
+                   f"output_dir={out}", "seed=1", "ema_decay=0.9"]
+    assert train_main(args + ["epochs=2"]) == 0
+    best = torch.load(out / "best.pt", weights_only=False)
+    latest = torch.load(out / "latest.pt", weights_only=False)
+    ema_state = latest["training_state"]["ema"]
+    assert ema_state["n_averaged"].item() == int(_rows(out / "log.csv")[-1]["step"])
+    name = "joints_embed.weight"
+    assert not torch.equal(best["state_dict"][name], latest["state_dict"][name])
+    if best["metadata"]["epoch"] == 2:
+        assert torch.equal(best["state_dict"][name], ema_state[f"module.{name}"])
+    report_path = tmp_path / "report.json"
+    assert eval_main(["--checkpoint", str(out / "best.pt"), "--source", str(source), "--report", str(report_path),
+                      "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert abs(json.loads(report_path.read_text())["mpjpe"] - best["metadata"]["best_val_mpjpe"]) < 1e-3
+    capsys.readouterr()
+    assert train_main(args + ["epochs=3"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    resumed = torch.load(out / "latest.pt", weights_only=False)["training_state"]["ema"]
+    assert resumed["n_averaged"].item() == int(_rows(out / "log.csv")[-1]["step"])
+
+    plain = tmp_path / "plain"
+    no_ema = [a for a in args if not a.startswith(("ema_decay", "output_dir"))] + [f"output_dir={plain}"]
+    assert train_main(no_ema + ["epochs=1"]) == 0
+    capsys.readouterr()
+    assert train_main(no_ema + ["epochs=2", "ema_decay=0.9"]) == 2
+    assert "trained without ema_decay" in capsys.readouterr().err
+    assert train_main(no_ema + ["ema_decay=1.0"]) == 2
+    assert "'ema_decay' must be in [0, 1)" in capsys.readouterr().err
+
+
+def test_weight_average_averages_floats_by_hand_and_copies_index_tables():
+    from kasf.training.engine import make_ema
+
+    model = torch.nn.BatchNorm1d(2)
+    model.register_buffer("index", torch.tensor([3, 5]))
+    ema = make_ema(model, 0.75)
+    assert make_ema(model, 0.0) is None
+    with torch.no_grad():
+        model.weight.fill_(2.0)  # first update: a copy
+        model.running_mean.fill_(4.0)
+        ema.update(model)
+        model.weight.fill_(6.0)
+        model.running_mean.fill_(8.0)
+        model.index.fill_(7)
+        ema.update(model)
+    assert torch.allclose(ema.module.weight, torch.full((2,), 0.75 * 2 + 0.25 * 6))
+    assert torch.allclose(ema.module.running_mean, torch.full((2,), 0.75 * 4 + 0.25 * 8))
+    assert ema.module.index.tolist() == [7, 7] and ema.module.index.dtype == torch.int64

@@ -74,6 +74,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     threads: int = 0  # torch CPU threads (0: leave torch's default)
     compile: bool = False  # torch.compile the training forward (inductor fuses the small ops; costs minutes once)
+    ema_decay: float = 0.0  # > 0: validate and save an exponential moving average of the weights (e.g. 0.998)
     seed: int = 0
     eval_flip: bool = True
     eval_every: int = 1
@@ -174,6 +175,8 @@ def _validate(cfg: TrainConfig, where: str) -> None:
             or cfg.augment_speed[0] > cfg.augment_speed[1]):
         raise ConfigError(f"{where}: key 'augment_speed' must be [low, high] with 0 < low <= high, got "
                           f"{cfg.augment_speed}")
+    if not 0 <= cfg.ema_decay < 1:
+        raise ConfigError(f"{where}: key 'ema_decay' must be in [0, 1) (0: no average), got {cfg.ema_decay}")
     if cfg.learning_rate <= 0:
         raise ConfigError(f"{where}: key 'learning_rate' must be > 0, got {cfg.learning_rate}")
     if cfg.data_flavour == "mocap" and not cfg.mocap_root:

@@ -259,6 +259,35 @@ class Logs:
 SYNC_EVERY = 25
 
 
+class WeightAverage(torch.optim.swa_utils.AveragedModel):
+    """An exponential moving average of a model's weights, validated and saved in its place.
+
+    Short runs on freshly rendered cameras take noisy steps; the average smooths them while the optimizer keeps
+    stepping the live weights. Floating-point buffers (BatchNorm statistics) are averaged alike; integer buffers
+    (joint index tables) are copied, since averaging them would corrupt the indices.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+        super().__init__(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        before = [b.clone() if b.is_floating_point() and int(self.n_averaged) > 0 else None
+                  for b in self.module.buffers()]
+        self.update_parameters(model)  # averages the parameters; copies every buffer from the live model
+        for averaged, old in zip(self.module.buffers(), before):
+            if old is not None:
+                averaged.copy_(old.lerp_(averaged, 1.0 - self.decay))
+
+
+def make_ema(model: torch.nn.Module, decay: float) -> WeightAverage | None:
+    """The weight average of ``model`` for ``ema_decay`` (None when it is 0: no average)."""
+    return WeightAverage(model, decay) if decay > 0 else None
+
+
 def _check_finite(loss_sum: torch.Tensor | float, epoch: int, step: int) -> None:
     if not torch.isfinite(torch.as_tensor(loss_sum)):
         raise FloatingPointError(f"loss became {float(loss_sum)} at epoch {epoch + 1} (by step {step}); lower "
@@ -267,7 +296,8 @@ def _check_finite(loss_sum: torch.Tensor | float, epoch: int, step: int) -> None
 
 def _training_state(optimizer: torch.optim.Optimizer, schedule: LearningRate, scaler: Any, epoch: int, step: int,
                     best: float, stale: int, elapsed: float, batches_done: int = 0,
-                    epoch_sums: dict[str, float] | None = None) -> dict[str, Any]:
+                    epoch_sums: dict[str, float] | None = None,
+                    ema: WeightAverage | None = None) -> dict[str, Any]:
     """What resuming needs besides the weights. ``epoch`` is 0-based; ``batches_done`` > 0 marks a save made in
     the middle of that epoch (Ctrl-C), with the loss sums of the batches done so far."""
     name, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -275,6 +305,7 @@ def _training_state(optimizer: torch.optim.Optimizer, schedule: LearningRate, sc
             "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch, "global_step": step,
             "best_val_mpjpe": best, "epochs_without_improvement": stale, "elapsed_s": elapsed,
             "batches_done": batches_done, "epoch_sums": dict(epoch_sums or {}),
+            "ema": ema.state_dict() if ema is not None else None,
             "torch_rng": torch.get_rng_state(),
             "numpy_rng": {"name": name, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
                           "gauss": float(gauss)}}
@@ -357,6 +388,7 @@ def _train(cfg: TrainConfig, command: str | None, stop_requested: Callable[[], b
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     steps_per_epoch = len(data.loader(0))
     schedule = LearningRate(cfg, steps_per_epoch)
+    ema = make_ema(model, cfg.ema_decay)
 
     start_epoch, step, best, stale, elapsed = 0, 0, math.inf, 0, 0.0
     resume_batches, resume_sums = 0, {}
@@ -372,6 +404,11 @@ def _train(cfg: TrainConfig, command: str | None, stop_requested: Callable[[], b
         model.load_state_dict(raw["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
+        if ema is not None:
+            if not state.get("ema"):
+                raise CheckpointError(f"{latest}: was trained without ema_decay; use another output_dir (or set "
+                                      "resume=false)")
+            ema.load_state_dict(state["ema"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         resume_batches, resume_sums = state.get("batches_done", 0), dict(state.get("epoch_sums") or {})
@@ -471,6 +508,8 @@ def _train(cfg: TrainConfig, command: str | None, stop_requested: Callable[[], b
                 scaler.update()
             else:
                 optimizer.step()
+            if ema is not None:
+                ema.update(model)
             step += 1
             count += 1
             parts["loss_total"] = loss.detach()
@@ -496,7 +535,8 @@ def _train(cfg: TrainConfig, command: str | None, stop_requested: Callable[[], b
             if env.main:
                 save_checkpoint(latest, model, cfg.preset, metadata(epoch, None),
                                 training_state=_training_state(optimizer, schedule, scaler, epoch, step, best, stale,
-                                                               elapsed, batches_done=count, epoch_sums=sums_f))
+                                                               elapsed, batches_done=count, epoch_sums=sums_f,
+                                                               ema=ema))
             logs.close()
             return {"best_val_mpjpe": best, "epochs_run": epoch, "output_dir": str(out), "best_report": best_report,
                     "interrupted": True, "saved": str(latest), "epoch": epoch + 1, "batches_done": count,
@@ -506,9 +546,10 @@ def _train(cfg: TrainConfig, command: str | None, stop_requested: Callable[[], b
                   f"{train_s:.1f} s for batches ({100 * data_wait / train_s:.0f} %); raise num_workers "
                   f"(now {cfg.num_workers}) or use camera_pool", flush=True)
         report = None
+        scored = ema.module if ema is not None else model  # what is validated is what best.pt holds
         last = epoch == cfg.epochs - 1 or out_of_time
         if data.val is not None and ((epoch + 1) % cfg.eval_every == 0 or last):
-            report = evaluate_model(model, data.val, flip=cfg.eval_flip, batch_size=max(cfg.batch_size, 64),
+            report = evaluate_model(scored, data.val, flip=cfg.eval_flip, batch_size=max(cfg.batch_size, 64),
                                     device=device, precision=precision)
         val = report["mpjpe"] if report else None
         if env.world_size > 1 and val is not None:
@@ -535,10 +576,10 @@ def _train(cfg: TrainConfig, command: str | None, stop_requested: Callable[[], b
             print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
             meta = metadata(epoch + 1, report)
             if improved or (data.val is None and last):
-                save_checkpoint(out / "best.pt", model, cfg.preset, meta)
+                save_checkpoint(out / "best.pt", scored, cfg.preset, meta)
             save_checkpoint(latest, model, cfg.preset, meta,
                             training_state=_training_state(optimizer, schedule, scaler, epoch, step, best, stale,
-                                                           elapsed))
+                                                           elapsed, ema=ema))
         if _stop_everywhere(stop_requested, env, device):  # Ctrl-C during validation: the epoch is saved whole
             logs.close()
             return {"best_val_mpjpe": best, "epochs_run": epoch + 1, "output_dir": str(out),
