@@ -222,6 +222,8 @@ def test_weight_average_averages_floats_by_hand_and_copies_index_tables():
         model.running_mean.fill_(8.0)
         model.index.fill_(7)
         ema.update(model)
-    assert torch.allclose(ema.module.weight, torch.full((2,), 0.75 * 2 + 0.25 * 6))
-    assert torch.allclose(ema.module.running_mean, torch.full((2,), 0.75 * 4 + 0.25 * 8))
+    d = 2 / 11  # the warm-up: min(0.75, (1 + n) / (10 + n)) after n = 1 update
+    assert torch.allclose(ema.module.weight, torch.full((2,), d * 2 + (1 - d) * 6))
+    assert torch.allclose(ema.module.running_mean, torch.full((2,), d * 4 + (1 - d) * 8))
+    assert ema.decay_at(100) == 0.75
     assert ema.module.index.tolist() == [7, 7] and ema.module.index.dtype == torch.int64

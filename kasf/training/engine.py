@@ -263,24 +263,31 @@ class WeightAverage(torch.optim.swa_utils.AveragedModel):
     """An exponential moving average of a model's weights, validated and saved in its place.
 
     Short runs on freshly rendered cameras take noisy steps; the average smooths them while the optimizer keeps
-    stepping the live weights. Floating-point buffers (BatchNorm statistics) are averaged alike; integer buffers
-    (joint index tables) are copied, since averaging them would corrupt the indices.
+    stepping the live weights. The decay warms up as min(decay, (1 + n) / (10 + n)) after n updates, so the
+    random initial weights do not linger in the average of a run of a few thousand steps. Floating-point buffers
+    (BatchNorm statistics) are averaged alike; integer buffers (joint index tables) are copied, since averaging
+    them would corrupt the indices.
     """
 
     def __init__(self, model: torch.nn.Module, decay: float):
-        from torch.optim.swa_utils import get_ema_multi_avg_fn
-
-        super().__init__(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+        super().__init__(model, multi_avg_fn=self._average, use_buffers=False)
         self.decay = decay
+
+    def decay_at(self, n_averaged: int) -> float:
+        return min(self.decay, (1 + n_averaged) / (10 + n_averaged))
+
+    @torch.no_grad()
+    def _average(self, averaged: list[torch.Tensor], live: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        torch._foreach_lerp_(averaged, live, 1.0 - self.decay_at(int(n_averaged)))
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
-        before = [b.clone() if b.is_floating_point() and int(self.n_averaged) > 0 else None
-                  for b in self.module.buffers()]
+        n = int(self.n_averaged)
+        before = [b.clone() if b.is_floating_point() and n > 0 else None for b in self.module.buffers()]
         self.update_parameters(model)  # averages the parameters; copies every buffer from the live model
         for averaged, old in zip(self.module.buffers(), before):
             if old is not None:
-                averaged.copy_(old.lerp_(averaged, 1.0 - self.decay))
+                averaged.copy_(old.lerp_(averaged, 1.0 - self.decay_at(n)))
 
 
 def make_ema(model: torch.nn.Module, decay: float) -> WeightAverage | None:
