@@ -18,7 +18,7 @@ import torch
 
 from kasf.hardware import cpu_model
 from kasf.model import PRESETS, build, count_parameters
-from kasf.training.engine import resolve_precision
+from kasf.training.engine import make_optimizer, resolve_precision
 from kasf.training.evaluate import autocast_context
 from kasf.training.losses import total_loss
 
@@ -34,7 +34,7 @@ def measure(preset: str, batch_size: int, precision: str, seconds: float, device
     overrides = {} if PRESETS[preset].get("model_name") == "mlp" else {"layer_scale_init_value": 0.1}
     model = build(preset, **overrides).to(device).train()
     forward = torch.compile(model) if compiled else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer = make_optimizer(model, 1e-3, 0.01, device)  # the one kasf-train uses
     x = torch.randn(batch_size, model.n_frames, 17, 3, device=device)
     y = torch.randn(batch_size, model.n_frames, 17, 3, device=device)
 

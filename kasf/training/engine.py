@@ -259,6 +259,14 @@ class Logs:
 SYNC_EVERY = 25
 
 
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
+                   device: torch.device) -> torch.optim.AdamW:
+    """AdamW, fused on CPU and CUDA: the per-parameter loop of the default CPU implementation took ~35 ms of a
+    ~0.5 s KASportsFormer-t step on one thread (619 tensors), the fused kernel ~9-16 ms (update only)."""
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay,
+                             fused=device.type in ("cpu", "cuda"))
+
+
 class WeightAverage(torch.optim.swa_utils.AveragedModel):
     """An exponential moving average of a model's weights, validated and saved in its place.
 
@@ -391,7 +399,7 @@ def _train(cfg: TrainConfig, command: str | None, stop_requested: Callable[[], b
     data = TrainingData(cfg, env)
     model_cfg = cfg.model_dict()
     model = model_from_config(model_cfg).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, device)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     steps_per_epoch = len(data.loader(0))
     schedule = LearningRate(cfg, steps_per_epoch)
