@@ -19,17 +19,19 @@ fi
 # kasf-stream: eager PyTorch and the demo's ONNX Runtime CPU graphs (fp32, int8), one session and one per core
 ONNX_DIR="$(mktemp -d)"
 python -c "import sys; from pathlib import Path; from kasf.bench import onnx_for; from kasf.checkpoint import \
-resolve_checkpoint_path as r; [onnx_for(r('demo'), Path(sys.argv[1]), int8=q, cpu_graph=True) for q in (0, 1)]" "$ONNX_DIR"
+resolve_checkpoint_path as r; [onnx_for(r('demo'), Path(sys.argv[1]), int8=q, cpu_graph=True, attention=a) \
+for q in (0, 1) for a in ('contrib', 'standard')]" "$ONNX_DIR"
 python benchmarks/stream_bench.py --model demo --threads "$THREADS" --frames 300 --seconds 20 --json $R/stream_cpu_demo.json
 python benchmarks/stream_bench.py --model "$ONNX_DIR/demo.cpu.onnx" --threads "$THREADS" --frames 300 --seconds 0 \
   --json $R/stream_cpu_demo_ort_cpu.json
 python benchmarks/stream_bench.py --model "$ONNX_DIR/demo.cpu.int8.onnx" --threads "$THREADS" --frames 300 --seconds 0 \
   --json $R/stream_cpu_demo_ort_cpu_int8.json
-# the same graphs with each frame's people split over one single-threaded session per core (--workers)
-python benchmarks/stream_bench.py --model "$ONNX_DIR/demo.cpu.onnx" --threads "$THREADS" --workers "$THREADS" \
+# each frame's people split over one single-threaded session per core (--workers), with the attention in the
+# form that is faster in single-threaded sessions (kasf-export --ort-attention standard; docs/cpu_inference.md)
+python benchmarks/stream_bench.py --model "$ONNX_DIR/demo.cpu.standard.onnx" --threads "$THREADS" --workers "$THREADS" \
   --frames 300 --seconds 0 --json $R/stream_cpu_demo_ort_cpu_workers.json
-python benchmarks/stream_bench.py --model "$ONNX_DIR/demo.cpu.int8.onnx" --threads "$THREADS" --workers "$THREADS" \
-  --frames 300 --seconds 0 --json $R/stream_cpu_demo_ort_cpu_int8_workers.json
+python benchmarks/stream_bench.py --model "$ONNX_DIR/demo.cpu.standard.int8.onnx" --threads "$THREADS" \
+  --workers "$THREADS" --frames 300 --seconds 0 --json $R/stream_cpu_demo_ort_cpu_int8_workers.json
 python benchmarks/stream_bench.py --table $R/stream_cpu_demo.json $R/stream_cpu_demo_ort_cpu.json \
   $R/stream_cpu_demo_ort_cpu_int8.json $R/stream_cpu_demo_ort_cpu_workers.json \
   $R/stream_cpu_demo_ort_cpu_int8_workers.json > $R/stream_cpu.md

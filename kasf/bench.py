@@ -131,19 +131,25 @@ def _runner(backend: str, checkpoint: Path, workdir: Path, device: str, threads:
     raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
 
 
-def onnx_for(checkpoint: Path, workdir: Path, int8: bool, cpu_graph: bool = False) -> Path:
-    """The portable ONNX export (ort-fp32/int8) or the ORT-CPU one (ort-cpu-*), quantised when int8."""
+def onnx_for(checkpoint: Path, workdir: Path, int8: bool, cpu_graph: bool = False, attention: str = "contrib"
+             ) -> Path:
+    """The portable ONNX export (ort-fp32/int8) or the ORT-CPU one (ort-cpu-*, attention in the given form),
+    quantised when int8."""
     from kasf.artefact import build_metadata
     from kasf.checkpoint import load_checkpoint, read_checkpoint
     from kasf.export.onnx_export import export_onnx, export_onnxruntime_cpu, quantize_int8
 
     stem = f"{checkpoint.stem}.cpu" if cpu_graph else checkpoint.stem
+    stem += f".{attention}" if cpu_graph and attention != "contrib" else ""
     fp32 = workdir / f"{stem}.onnx"
     model = load_checkpoint(checkpoint)
     info = read_checkpoint(checkpoint)
     if not fp32.exists():
-        export = export_onnxruntime_cpu if cpu_graph else export_onnx
-        export(model, fp32, build_metadata(model.config, info.preset, "fp32", "decomposed", (1, 8, 64), None))
+        metadata = build_metadata(model.config, info.preset, "fp32", "decomposed", (1, 8, 64), None)
+        if cpu_graph:
+            export_onnxruntime_cpu(model, fp32, metadata, attention=attention)
+        else:
+            export_onnx(model, fp32, metadata)
     if not int8:
         return fp32
     path = workdir / f"{stem}.int8.onnx"

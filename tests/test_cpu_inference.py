@@ -13,6 +13,7 @@ import kasf
 from kasf.artefact import build_metadata
 from kasf.export.parity import check_parity
 from kasf.export.windows import load_real_windows
+from kasf.model.layers import ORT_ATTENTION_FORMS
 from kasf.runtime import Lifter
 from tests.conftest import perturbed_model
 
@@ -66,6 +67,28 @@ def test_cpu_graph_is_the_fused_one(model, cpu_onnx, tmp_path):
     # layer scales folded into the proj / fc2 weights: what Muls remain are the graph mixers' and the fusion's
     layer_scales = sum(p.numel() > 0 for n, p in model.named_parameters() if "layer_scale" in n)
     assert ops["Mul"] < layer_scales
+
+
+@pytest.mark.parametrize("form", [f for f in ORT_ATTENTION_FORMS if f != "contrib"])
+def test_every_attention_form_is_the_same_function(model, form, tmp_path):
+    """The other forms benchmarks/ort_attention_forms.py compares: same outputs as PyTorch, standard ops only."""
+    path = export_onnxruntime_cpu(model, tmp_path / f"{form}.onnx", _metadata(model, "fp32"), attention=form)
+    ops = Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+    blocks = model.config["n_layers"]
+    assert ops["Attention"] == ops["MultiHeadAttention"] == 0
+    assert ops["Softmax"] == 5 * blocks  # 4 attentions a block, and the adaptive fusion
+    assert form == "sdpa" or ops["Shape"] <= 3  # constant shapes: none per attention
+    # kasf-export's fp32 rule (MPJPE within 0.1 mm): the graph mixers' top-k neighbours can flip on near-ties
+    # under any float reordering, so elementwise equality is not the contract
+    report = check_parity(_torch_fn(model), Lifter.load(path, device="cpu").predict, str(path), "onnxruntime",
+                          "fp32", 27, load_real_windows(27), _torch_fn(copy.deepcopy(model).double(), torch.float64))
+    assert report.passed, report.summary()
+
+
+def test_unknown_attention_form_is_refused(model, tmp_path):
+    with pytest.raises(ValueError, match="attention must be one of contrib"):
+        export_onnxruntime_cpu(model, tmp_path / "x.onnx", _metadata(model, "fp32"), attention="flash")
+    assert not (tmp_path / "x.onnx").exists()
 
 
 def _linear_graph(weight, bias, scale, extra_reader: bool):

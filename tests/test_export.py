@@ -62,6 +62,19 @@ def test_onnx_cpu_format_fp32_and_int8_with_parity(tiny_checkpoint, tmp_path, mo
 
     ops = {node.op_type for node in onnx.load(str(tmp_path / "tiny.cpu.onnx")).graph.node}
     assert ops & {"Attention", "MultiHeadAttention"}  # the CPU graph, not the portable one
+    assert meta["ort_attention"] == "contrib"
+
+
+def test_onnx_cpu_format_with_standard_attention(tiny_checkpoint, tmp_path):
+    """--ort-attention standard: no contrib attention nodes, the form recorded, parity judged like the rest."""
+    import onnx
+
+    out = tmp_path / "std.onnx"
+    assert main([str(tiny_checkpoint), "--format", "onnx-cpu", "--ort-attention", "standard", "-o", str(out)]) == 0
+    assert json.loads((tmp_path / "std.onnx.parity.json").read_text())["passed"]
+    assert read_onnx_metadata(out)["ort_attention"] == "standard"
+    ops = {node.op_type for node in onnx.load(str(out)).graph.node}
+    assert "Softmax" in ops and not ops & {"Attention", "MultiHeadAttention"}
 
 
 @pytest.mark.parametrize("preset, mode", [("kasportsformer-t", "window"), ("mlp-baseline", "frame")])
@@ -211,6 +224,7 @@ def test_triton_repositories_configs_parse(tiny_checkpoint, tmp_path):
     (["--opset", "13"], "opset >= 17"),
     (["--format", "triton", "--batch", "4"], "dynamic batch"),
     (["--format", "onnx-cpu", "--anatomy-op", "plugin"], "--anatomy-op does not apply to --format onnx-cpu"),
+    (["--format", "onnx", "--ort-attention", "standard"], "--ort-attention does not apply to --format onnx"),
 ])
 def test_bad_flags_are_one_clear_error(argv, message):
     with pytest.raises(UsageError, match=message):

@@ -10,7 +10,7 @@ import torch
 from kasf import skeleton
 from kasf.model import KASportsFormer, build, count_parameters, model_config
 from kasf.anatomy_op.features import bone_features
-from kasf.model.layers import normalize_adjacency, spatial_adjacency
+from kasf.model.layers import _heads_attention, _row_heads, normalize_adjacency, spatial_adjacency
 from tests.conftest import SHARED, need_shared
 
 
@@ -77,6 +77,20 @@ def test_reference_yaml_style_config_builds_same_model(official_small):
     cfg = {"model_name": "KASportsFormer", "learning_rate": 5e-4, "batch_size": 32, **official_small["config"]}
     assert model_config(cfg) == model_config(official_small["config"])
     assert model_config({**cfg, "model_name": "MotionAGFormer"})["use_anatomy"] is False
+
+
+def test_standard_export_form_of_attention_is_multi_head_attention():
+    """The ORT-CPU export's 'standard' form (packed q, k, v split with one transpose) against attention written
+    out head by head (4 heads of 8 channels, head-major channel order)."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 5, 17, 32).unbind(0)  # token rows (N, L, D)
+    scale = 8 ** -0.5
+    by_head = [torch.softmax(q[..., h * 8:(h + 1) * 8] @ k[..., h * 8:(h + 1) * 8].transpose(1, 2) * scale, -1)
+               @ v[..., h * 8:(h + 1) * 8] for h in range(4)]
+    expected = torch.cat(by_head, dim=-1)
+    heads = _row_heads(torch.cat([q, k, v], -1), 3, 4, 17, 32).unbind(0)
+    got = _heads_attention(*heads, scale).transpose(1, 2).reshape(-1, 17, 32)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_bone_features_hand_computed():

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from kasf.cli_errors import report_error, report_interrupt
+from kasf.model.layers import ORT_ATTENTION_FORMS
 from kasf.quiet import quiet_third_party
 
 FORMAT_NAMES = ("onnx", "onnx-cpu", "engine", "triton", "all")
@@ -38,6 +39,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("opset", _ALL, "ONNX opset (>= 17, default 17)"),
     Flag("simplify", _ALL - _CPU, "run onnx-simplifier on the ONNX"),
     Flag("anatomy_op", _ALL - _CPU, "decomposed (standard ONNX ops) or plugin (one kasf::AnatomyFeatures node)"),
+    Flag("ort_attention", _CPU, "contrib (default; sessions with 2+ threads) or standard (single-threaded "
+                                "sessions: kasf-stream, --workers); docs/cpu_inference.md"),
     Flag("workspace", frozenset({"engine", "triton", "all"}), "TensorRT workspace in GB (default 4)"),
     Flag("device", _ALL, "device of the PyTorch reference and of parity runs: cpu or cuda"),
 )
@@ -78,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--opset", type=int)
     parser.add_argument("--simplify", action="store_true", default=None)
     parser.add_argument("--anatomy-op", choices=("decomposed", "plugin"))
+    parser.add_argument("--ort-attention", choices=ORT_ATTENTION_FORMS[:2])
     parser.add_argument("--workspace", type=float)
     parser.add_argument("--device", choices=("cpu", "cuda"))
     parser.add_argument("--name", help="model name in the Triton repository (default: the checkpoint's stem)")
@@ -198,7 +202,7 @@ def run_export(args: argparse.Namespace) -> list[Any]:
         from kasf.export.onnx_export import export_onnxruntime_cpu
 
         onnx_path = export_onnxruntime_cpu(model, paths["onnx"], meta("fp32"), opset=args.opset or 17,
-                                           batch=args.batch)
+                                           batch=args.batch, attention=args.ort_attention or "contrib")
     else:
         onnx_path = export_onnx(model, paths["onnx"], meta("fp32"), opset=args.opset or 17, batch=args.batch,
                                 anatomy_op=anatomy_op, simplify=bool(args.simplify))

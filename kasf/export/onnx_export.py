@@ -13,6 +13,7 @@ import torch
 from kasf.artefact import INPUT_NAME, OUTPUT_NAME
 from kasf.atomic import atomic_path
 from kasf.model.kasportsformer import KASportsFormer
+from kasf.model.layers import ORT_ATTENTION_FORMS, Attention
 
 
 def export_onnx(model: KASportsFormer, path: str | os.PathLike, metadata: Mapping[str, str], opset: int = 17,
@@ -52,16 +53,18 @@ def export_onnx(model: KASportsFormer, path: str | os.PathLike, metadata: Mappin
 
 
 ORT_OPTIMIZED_KEY = "ort_optimized"  # metadata: the ORT graph-optimisation level already applied to the file
+ORT_ATTENTION_KEY = "ort_attention"  # metadata: the form of the attention in an ORT CPU graph
 
 
 def export_onnxruntime_cpu(model: KASportsFormer, path: str | os.PathLike, metadata: Mapping[str, str],
-                           opset: int = 17, batch: int | None = None) -> Path:
+                           opset: int = 17, batch: int | None = None, attention: str = "contrib") -> Path:
     """ONNX for ONNX Runtime on CPUs: the ``onnxruntime`` inference path, saved after ORT's graph optimisation.
 
     Why a separate artefact: the portable export (standard ops, for TensorRT and any runtime) costs ORT ~5,500
     nodes on the released size; this graph writes each attention as one contrib node and the limb MLPs as two
     products (see docs/cpu_inference.md for the node counts). ORT's fusions (Gelu, Gemm, FusedMatMul) are applied
     once here at the hardware-independent level 'extended', and the metadata says so, so loading skips them.
+    ``attention`` picks the form of each attention in the graph (kasf.model.layers.ORT_ATTENTION_FORMS).
     """
     import copy
 
@@ -69,7 +72,12 @@ def export_onnxruntime_cpu(model: KASportsFormer, path: str | os.PathLike, metad
     import onnxruntime as ort
 
     path = Path(path)
+    if attention not in ORT_ATTENTION_FORMS:
+        raise ValueError(f"attention must be one of {', '.join(ORT_ATTENTION_FORMS)}, got {attention!r}")
     onnxruntime_model = copy.deepcopy(model).set_inference_path("onnxruntime")
+    for module in onnxruntime_model.modules():
+        if isinstance(module, Attention):
+            module.onnxruntime_attention = attention
     with tempfile.TemporaryDirectory(prefix="kasf-ort-") as tmp:
         plain = Path(tmp) / "plain.onnx"
         export_onnx(onnxruntime_model, plain, metadata, opset=opset, batch=batch)
@@ -81,7 +89,7 @@ def export_onnxruntime_cpu(model: KASportsFormer, path: str | os.PathLike, metad
         options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
         ort.InferenceSession(str(plain), options, providers=["CPUExecutionProvider"])
         proto = onnx.load(options.optimized_model_filepath)
-    _set_metadata(proto, {**metadata, ORT_OPTIMIZED_KEY: "extended"})
+    _set_metadata(proto, {**metadata, ORT_OPTIMIZED_KEY: "extended", ORT_ATTENTION_KEY: attention})
     with atomic_path(path) as out:
         onnx.save(proto, str(out))
     return path

@@ -103,6 +103,30 @@ class _OrtSelfAttention(torch.autograd.Function):
         return out
 
 
+# The forms of attention an ONNX Runtime CPU export can write (benchmarks/ort_attention_forms.py times them):
+# 'contrib': com.microsoft Attention (self) and MultiHeadAttention (cross) nodes, the fastest with 2+ intra-op
+# threads; 'standard': _row_heads and _heads_attention, ~10 % faster in single-threaded sessions (kasf-stream,
+# Lifter workers); 'sdpa': what torch.onnx writes for scaled_dot_product_attention (standard ops and shape
+# arithmetic), kept as the A/B's third arm. Measured in docs/cpu_inference.md.
+ORT_ATTENTION_FORMS = ("contrib", "standard", "sdpa")
+
+
+def _row_heads(packed: torch.Tensor, parts: int, num_heads: int, length: int, dim: int) -> torch.Tensor:
+    """Token rows (N, L, parts*D) -> (parts, N, H, L, d) in one Reshape and one Transpose for all parts.
+
+    With _heads_attention, the 'standard' export form for ONNX Runtime CPU graphs without contrib attention
+    nodes: shapes from constants (batch as -1), (N, H, L, d) batched MatMuls that ORT runs as one batched GEMM
+    call each (its Attention kernel loops over small GEMMs per sequence and head), and a scalar scale that ORT's
+    optimiser folds into the first product.
+    """
+    return packed.reshape(-1, length, parts, num_heads, dim // num_heads).permute(2, 0, 3, 1, 4)
+
+
+def _heads_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale) v over (N, H, L, d)."""
+    return ((q @ k.transpose(-2, -1)) * scale).softmax(dim=-1) @ v
+
+
 class Attention(nn.Module):
     """Multi-head self-attention over the joints of a frame (spatial) or the frames of a joint (temporal)."""
 
@@ -116,7 +140,8 @@ class Attention(nn.Module):
         self.n_frames, self.num_joints, self.dim = n_frames, num_joints, dim
         self.scale = qk_scale or self.head_dim ** -0.5
         self.fused = False  # True: scaled_dot_product_attention; False: the reference's matmul-softmax-matmul
-        self.onnxruntime_nodes = False  # True: an ONNX export writes ORT's contrib attention nodes (_OrtAttention)
+        self.onnxruntime_nodes = False  # True: an ONNX export writes the ORT-CPU form of the attention (below)
+        self.onnxruntime_attention = "contrib"  # which of ORT_ATTENTION_FORMS that is
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
@@ -150,12 +175,31 @@ class Attention(nn.Module):
         return t.reshape(-1, self.num_joints, self.n_frames, self.dim).transpose(1, 2)
 
     def _exports_ort_nodes(self) -> bool:
-        return self.onnxruntime_nodes and torch.onnx.is_in_onnx_export()
+        return self.onnxruntime_nodes and self.onnxruntime_attention != "sdpa" and torch.onnx.is_in_onnx_export()
+
+    def _ort_attention(self, queries: torch.Tensor | None, packed: torch.Tensor) -> torch.Tensor:
+        """Token rows attended in the ORT-CPU export form chosen by ``onnxruntime_attention`` ('standard', or
+        'contrib' for cross-attention): queries (N, L, D) and keys and values packed (N, L, 2D), or queries None
+        and all three packed (N, L, 3D)."""
+        length = self.num_joints if self.mode == "spatial" else self.n_frames
+        form, dim = self.onnxruntime_attention, self.dim
+        if form == "standard":  # one transpose for all packed parts
+            if queries is None:
+                q, k, v = _row_heads(packed, 3, self.num_heads, length, dim).unbind(0)
+            else:
+                q = _row_heads(queries, 1, self.num_heads, length, dim)[0]
+                k, v = _row_heads(packed, 2, self.num_heads, length, dim).unbind(0)
+            return _heads_attention(q, k, v, self.scale).transpose(1, 2).reshape(-1, length, dim)
+        k, v = packed.split(dim, dim=-1)  # contrib cross-attention; constant sizes: no Shape node
+        return _OrtAttention.apply(queries, k, v, self.num_heads, self.scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._exports_ort_nodes():
-            bias = self.qkv.bias if self.qkv.bias is not None else x.new_zeros(3 * self.dim)
-            out = _OrtSelfAttention.apply(self._tokens(x), self.qkv.weight, bias, self.num_heads, self.scale)
+            if self.onnxruntime_attention == "contrib":
+                bias = self.qkv.bias if self.qkv.bias is not None else x.new_zeros(3 * self.dim)
+                out = _OrtSelfAttention.apply(self._tokens(x), self.qkv.weight, bias, self.num_heads, self.scale)
+            else:
+                out = self._ort_attention(None, self.qkv(self._tokens(x)))
             return self.proj_drop(self.proj(self._untokens(out)))
         q, k, v = self._split_heads(self.qkv(x), 3).unbind(0)
         out = self._merge_heads(_attend(q, k, v, self.scale, self.attn_drop, self.fused))
@@ -175,8 +219,7 @@ class BoneCrossAttention(Attention):
 
     def forward(self, x: torch.Tensor, limb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         if self._exports_ort_nodes():
-            k, v = self.qkv_kv(self._tokens(limb)).split(self.dim, dim=-1)  # constant sizes: no Shape node
-            out = _OrtAttention.apply(self.qkv_q(self._tokens(x)), k, v, self.num_heads, self.scale)
+            out = self._ort_attention(self.qkv_q(self._tokens(x)), self.qkv_kv(self._tokens(limb)))
             return self.proj_drop(self.proj(self._untokens(out)))
         q = self._split_heads(self.qkv_q(x), 1)[0]
         k, v = self._split_heads(self.qkv_kv(limb), 2).unbind(0)
