@@ -39,7 +39,10 @@ VARIANTS: dict[str, list[str]] = {
 
 
 def run_variant(config: Path, overrides: list[str], seconds: float, workdir: Path) -> dict:
-    common = [f"time_budget_min={seconds / 60}", "time_budget_clock=wall", "progress=false",
+    # Augmentation off: the issue-time recipe had none, and the demo config's (bone lengths, tempo) would change
+    # the data path these rows measure.
+    common = ["augment_bone_scale=0.0", "augment_speed=[1.0,1.0]",
+              f"time_budget_min={seconds / 60}", "time_budget_clock=wall", "progress=false",
               "use_tensorboard=false", "resume=false", "val_cameras_per_clip=1", f"output_dir={workdir}"]
     cfg = load_config(config, overrides + common)
     train(cfg, command="benchmarks/train_pipeline_throughput.py")
