@@ -10,7 +10,7 @@ import torch
 from kasf import skeleton
 from kasf.model import KASportsFormer, build, count_parameters, model_config
 from kasf.anatomy_op.features import bone_features
-from kasf.model.layers import _heads_attention, _row_heads, normalize_adjacency, spatial_adjacency
+from kasf.model.layers import _attend, _row_heads, normalize_adjacency, spatial_adjacency
 from tests.conftest import SHARED, need_shared
 
 
@@ -89,7 +89,7 @@ def test_standard_export_form_of_attention_is_multi_head_attention():
                @ v[..., h * 8:(h + 1) * 8] for h in range(4)]
     expected = torch.cat(by_head, dim=-1)
     heads = _row_heads(torch.cat([q, k, v], -1), 3, 4, 17, 32).unbind(0)
-    got = _heads_attention(*heads, scale).transpose(1, 2).reshape(-1, 17, 32)
+    got = _attend(*heads, scale, torch.nn.Dropout(0.0), fused=False).transpose(1, 2).reshape(-1, 17, 32)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 

@@ -105,7 +105,7 @@ class _OrtSelfAttention(torch.autograd.Function):
 
 # The forms of attention an ONNX Runtime CPU export can write (benchmarks/ort_attention_forms.py times them):
 # 'contrib': com.microsoft Attention (self) and MultiHeadAttention (cross) nodes, the fastest with 2+ intra-op
-# threads; 'standard': _row_heads and _heads_attention, ~10 % faster in single-threaded sessions (kasf-stream,
+# threads; 'standard': _row_heads and _attend, ~10 % faster in single-threaded sessions (kasf-stream,
 # Lifter workers); 'sdpa': what torch.onnx writes for scaled_dot_product_attention (standard ops and shape
 # arithmetic), kept as the A/B's third arm. Measured in docs/cpu_inference.md.
 ORT_ATTENTION_FORMS = ("contrib", "standard", "sdpa")
@@ -114,17 +114,12 @@ ORT_ATTENTION_FORMS = ("contrib", "standard", "sdpa")
 def _row_heads(packed: torch.Tensor, parts: int, num_heads: int, length: int, dim: int) -> torch.Tensor:
     """Token rows (N, L, parts*D) -> (parts, N, H, L, d) in one Reshape and one Transpose for all parts.
 
-    With _heads_attention, the 'standard' export form for ONNX Runtime CPU graphs without contrib attention
+    With _attend's matmul-softmax-matmul, the 'standard' export form for ONNX Runtime CPU graphs without contrib attention
     nodes: shapes from constants (batch as -1), (N, H, L, d) batched MatMuls that ORT runs as one batched GEMM
     call each (its Attention kernel loops over small GEMMs per sequence and head), and a scalar scale that ORT's
     optimiser folds into the first product.
     """
     return packed.reshape(-1, length, parts, num_heads, dim // num_heads).permute(2, 0, 3, 1, 4)
-
-
-def _heads_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """softmax(q k^T * scale) v over (N, H, L, d)."""
-    return ((q @ k.transpose(-2, -1)) * scale).softmax(dim=-1) @ v
 
 
 class Attention(nn.Module):
@@ -189,7 +184,8 @@ class Attention(nn.Module):
             else:
                 q = _row_heads(queries, 1, self.num_heads, length, dim)[0]
                 k, v = _row_heads(packed, 2, self.num_heads, length, dim).unbind(0)
-            return _heads_attention(q, k, v, self.scale).transpose(1, 2).reshape(-1, length, dim)
+            out = _attend(q, k, v, self.scale, self.attn_drop, fused=False)
+            return out.transpose(1, 2).reshape(-1, length, dim)
         k, v = packed.split(dim, dim=-1)  # contrib cross-attention; constant sizes: no Shape node
         return _OrtAttention.apply(queries, k, v, self.num_heads, self.scale)
 
