@@ -1,8 +1,8 @@
 """A/B of the attention forms an ONNX Runtime CPU export can write (kasf.model.layers.ORT_ATTENTION_FORMS).
 
 Each form is exported from the same weights by export_onnxruntime_cpu (so the other graph changes are the same),
-then loaded by kasf's Lifter as users load it and timed one session at a time (an ORT session's thread pool spins between calls, so sessions alive side by
-side slow each other): per round, each form gets a fresh session, warm-up calls, then calls for --seconds; the
+then loaded by kasf's Lifter as users load it and timed one session at a time (an ORT session's thread pool
+spins between calls, so sessions alive side by side slow each other): per round, each form gets a fresh session, warm-up calls, then calls for --seconds; the
 order of the forms reverses every round so a machine that slows down mid-run does not favour one form. The
 tables hold p50 / p95 over all rounds, and each form's largest output difference from the first form.
 

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from kasf.cli_errors import report_error, report_interrupt
-from kasf.model.layers import ORT_ATTENTION_FORMS
+from kasf.model.layers import ORT_ATTENTION_CHOICES
 from kasf.quiet import quiet_third_party
 
 FORMAT_NAMES = ("onnx", "onnx-cpu", "engine", "triton", "all")
@@ -81,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--opset", type=int)
     parser.add_argument("--simplify", action="store_true", default=None)
     parser.add_argument("--anatomy-op", choices=("decomposed", "plugin"))
-    parser.add_argument("--ort-attention", choices=ORT_ATTENTION_FORMS[:2])
+    parser.add_argument("--ort-attention", choices=ORT_ATTENTION_CHOICES)
     parser.add_argument("--workspace", type=float)
     parser.add_argument("--device", choices=("cpu", "cuda"))
     parser.add_argument("--name", help="model name in the Triton repository (default: the checkpoint's stem)")

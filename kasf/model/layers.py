@@ -109,13 +109,15 @@ class _OrtSelfAttention(torch.autograd.Function):
 # Lifter workers); 'sdpa': what torch.onnx writes for scaled_dot_product_attention (standard ops and shape
 # arithmetic), kept as the A/B's third arm. Measured in docs/cpu_inference.md.
 ORT_ATTENTION_FORMS = ("contrib", "standard", "sdpa")
+# What kasf-export offers: sdpa timed like standard but carries shape arithmetic (340 more nodes on the demo).
+ORT_ATTENTION_CHOICES = ("contrib", "standard")
 
 
 def _row_heads(packed: torch.Tensor, parts: int, num_heads: int, length: int, dim: int) -> torch.Tensor:
     """Token rows (N, L, parts*D) -> (parts, N, H, L, d) in one Reshape and one Transpose for all parts.
 
-    With _attend's matmul-softmax-matmul, the 'standard' export form for ONNX Runtime CPU graphs without contrib attention
-    nodes: shapes from constants (batch as -1), (N, H, L, d) batched MatMuls that ORT runs as one batched GEMM
+    With _attend's matmul-softmax-matmul, the 'standard' export form for ONNX Runtime CPU graphs without contrib
+    attention nodes: shapes from constants (batch as -1), (N, H, L, d) batched MatMuls that ORT runs as one batched GEMM
     call each (its Attention kernel loops over small GEMMs per sequence and head), and a scalar scale that ORT's
     optimiser folds into the first product.
     """
