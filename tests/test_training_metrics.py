@@ -80,3 +80,21 @@ def test_torch_losses_agree_with_numpy_metrics():
     assert not any(v.requires_grad for v in parts.values())  # logging never keeps the graph alive
     assert float(total) == pytest.approx(float(parts["loss_mpjpe"] + 0.5 * parts["loss_n_mpjpe"]
                                                + 20 * parts["loss_velocity"]), rel=1e-5)
+
+
+def test_last_frame_weight_adds_the_last_frames_error_only():
+    """Hand-made case: only the last frame is wrong, by 3-4-5 triangles, so its MPJPE is 5 and the window's 5/T."""
+    truth = torch.zeros(1, 4, 17, 3)
+    pred = truth.clone()
+    pred[:, -1, :, 0], pred[:, -1, :, 1] = 3.0, 4.0
+    plain, _ = losses.total_loss(pred, truth, lambda_n_mpjpe=0.0, lambda_mpjpe_velocity=0.0)
+    weighted, parts = losses.total_loss(pred, truth, lambda_n_mpjpe=0.0, lambda_mpjpe_velocity=0.0,
+                                        lambda_last_frame=2.0)
+    assert float(plain) == pytest.approx(5.0 / 4)
+    assert float(parts["loss_last_frame"]) == pytest.approx(5.0)
+    assert float(weighted) == pytest.approx(5.0 / 4 + 2.0 * 5.0)
+    pred_first = truth.clone()
+    pred_first[:, 0, :, 0] = 3.0  # an error away from the last frame is not weighted again
+    weighted_first, _ = losses.total_loss(pred_first, truth, lambda_n_mpjpe=0.0, lambda_mpjpe_velocity=0.0,
+                                          lambda_last_frame=2.0)
+    assert float(weighted_first) == pytest.approx(3.0 / 4)

@@ -509,7 +509,7 @@ def _train(cfg: TrainConfig, command: str | None, stop_requested: Callable[[], b
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast_context(device, precision):
                 pred = wrapped(x)
-            loss, parts = total_loss(pred, y, cfg.lambda_n_mpjpe, cfg.lambda_mpjpe_velocity)
+            loss, parts = total_loss(pred, y, cfg.lambda_n_mpjpe, cfg.lambda_mpjpe_velocity, cfg.lambda_last_frame)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
