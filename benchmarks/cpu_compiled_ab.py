@@ -11,12 +11,14 @@ a wrong answer must not become a fast row). Timing: one candidate alive at a tim
 
     python benchmarks/cpu_compiled_ab.py --batches 1,4 --threads 1,2 --out benchmarks/results/cpu_compiled_ab.md
 
-The package is compiled for this machine's instruction set (minutes, once; --cache keeps it for reruns).
+The package is compiled for this machine's instruction set (minutes, once; --cache keeps it for reruns of the same
+weights).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 import tempfile
@@ -87,25 +89,27 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from kasf.artefact import build_metadata
-    from kasf.checkpoint import load_checkpoint
+    from kasf.checkpoint import load_checkpoint, resolve_checkpoint_path
     from kasf.export.onnx_export import export_onnxruntime_cpu
     from kasf.export.windows import load_real_windows
     from kasf.hardware import machine_info
 
     model = load_checkpoint("demo").eval()
+    # Cached files are named after the checkpoint's bytes: new demo weights never reuse another model's export.
+    weights = hashlib.sha256(resolve_checkpoint_path("demo").read_bytes()).hexdigest()[:12]
     folder = args.cache or Path(tempfile.mkdtemp(prefix="kasf-ab-"))
     folder.mkdir(parents=True, exist_ok=True)
     meta = build_metadata(model.config, "kasportsformer-t", "fp32", "decomposed", (1, 8, 64), "demo")
     files: dict[str, Path] = {}
     compile_s: dict[str, float] = {}
     for form in ("contrib", "standard"):
-        files[f"ort-{form}"] = folder / f"demo.{form}.onnx"
+        files[f"ort-{form}"] = folder / f"demo-{weights}.{form}.onnx"
         if not files[f"ort-{form}"].exists():
             export_onnxruntime_cpu(model, files[f"ort-{form}"], meta, attention=form)
     for name, autotune in (("aoti", False), ("aoti-autotune", True)):
         if name == "aoti-autotune" and not args.autotune:
             continue
-        files[name] = folder / f"demo.{name}.pt2"
+        files[name] = folder / f"demo-{weights}.{name}.pt2"
         if not files[name].exists():
             compile_s[name] = _aoti_package(model, files[name], autotune)
             print(f"compiled {name} in {compile_s[name]:.0f} s", flush=True)
@@ -134,14 +138,16 @@ def main(argv: list[str] | None = None) -> int:
                     del run
     load_end = os.getloadavg()[0]
     info = machine_info()
+    compiled = ", ".join(f"{k} {v:.0f} s" for k, v in compile_s.items()) or "none (packages reused from --cache)"
     lines = [
-        f"# CPU: ONNX Runtime graphs against an AOTInductor package, demo checkpoint ({time.strftime('%Y-%m-%d %H:%M')})",
+        "# CPU: ONNX Runtime graphs against an AOTInductor package, demo checkpoint "
+        f"({time.strftime('%Y-%m-%d %H:%M')})",
         "",
-        f"Machine: {info['cpu']}, {info['logical_cpus']} logical CPUs, flags {' '.join(info['cpu_flags'])}; torch {torch.__version__}, onnxruntime {info.get('onnxruntime')}; {args.rounds} rounds x {args.seconds:g} s per "
-        f"candidate, order reversed every round; bundled sample windows; 1-minute load average {load_start:.2f} at "
-        f"start, {load_end:.2f} at end. Compile time of the packages (this run; 0 = reused): "
-        + (", ".join(f"{k} {v:.0f} s" for k, v in compile_s.items()) or "reused") + ". Largest output difference "
-        "from eager: " + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()) + ".",
+        f"Machine: {info['cpu']}, {info['logical_cpus']} logical CPUs, flags {' '.join(info['cpu_flags'])}; "
+        f"torch {torch.__version__}, onnxruntime {info.get('onnxruntime')}; {args.rounds} rounds x "
+        f"{args.seconds:g} s per candidate, order reversed every round; bundled sample windows; 1-minute load "
+        f"average {load_start:.2f} at start, {load_end:.2f} at end. Packages compiled in this run: {compiled}. "
+        "Largest output difference from eager: " + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()) + ".",
         "",
         "p50 / p95 ms of one call:",
         "",

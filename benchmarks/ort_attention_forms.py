@@ -2,9 +2,10 @@
 
 Each form is exported from the same weights by export_onnxruntime_cpu (so the other graph changes are the same),
 then loaded by kasf's Lifter as users load it and timed one session at a time (an ORT session's thread pool
-spins between calls, so sessions alive side by side slow each other): per round, each form gets a fresh session, warm-up calls, then calls for --seconds; the
-order of the forms reverses every round so a machine that slows down mid-run does not favour one form. The
-tables hold p50 / p95 over all rounds, and each form's largest output difference from the first form.
+spins between calls, so sessions alive side by side slow each other): per round, each form gets a fresh session,
+warm-up calls, then calls for --seconds; the order of the forms reverses every round so a machine that slows down
+mid-run does not favour one form. The tables hold p50 / p95 over all rounds, and each form's largest output
+difference from the first form.
 
     python benchmarks/ort_attention_forms.py --presets demo,kasportsformer --batches 1,4 --threads 1,2 \\
         --out benchmarks/results/ort_attention_forms.md
