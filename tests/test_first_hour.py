@@ -110,6 +110,7 @@ def test_wrong_model_value_type_is_one_line_in_export(reference_layout_tiny, tmp
     ("dim_feat=1.5", "'dim_feat' expects int, got 1.5"),
     ("use_anatomy=maybe", "'use_anatomy' expects bool, got 'maybe'"),
     ("lambda_last_frame=-1", "'lambda_last_frame' must be >= 0, got -1"),
+    ("lambda_p_mpjpe=-0.5", "'lambda_p_mpjpe' must be >= 0, got -0.5"),
 ])
 def test_every_training_and_model_key_is_type_checked(override, message):
     from kasf.training.config import ConfigError, load_config

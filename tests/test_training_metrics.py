@@ -98,3 +98,47 @@ def test_last_frame_weight_adds_the_last_frames_error_only():
     weighted_first, _ = losses.total_loss(pred_first, truth, lambda_n_mpjpe=0.0, lambda_mpjpe_velocity=0.0,
                                           lambda_last_frame=2.0)
     assert float(weighted_first) == pytest.approx(3.0 / 4)
+
+
+def test_p_mpjpe_loss_matches_the_metric_and_ignores_similarity_transforms():
+    rng = np.random.default_rng(3)
+    truth = rng.normal(size=(2, 5, 17, 3))
+    pred = truth + 0.1 * rng.normal(size=truth.shape)
+    expected = metrics.p_mpjpe(pred, truth).mean()
+    got = losses.loss_p_mpjpe(torch.tensor(pred), torch.tensor(truth))
+    assert float(got) == pytest.approx(expected, rel=1e-9)
+    # A rotated, scaled and shifted copy of the truth has the right shape: no loss, while MPJPE sees it.
+    moved = 1.7 * truth @ _rotation(rng) + np.array([0.3, -2.0, 5.0])
+    assert float(losses.loss_p_mpjpe(torch.tensor(moved), torch.tensor(truth))) == pytest.approx(0.0, abs=1e-9)
+    assert float(losses.loss_mpjpe(torch.tensor(moved), torch.tensor(truth))) > 1.0
+    # A mirror image is not a rotation: the loss must not align it away.
+    mirrored = truth * np.array([-1.0, 1.0, 1.0])
+    assert float(losses.loss_p_mpjpe(torch.tensor(mirrored), torch.tensor(truth))) > 0.1
+
+
+def test_p_mpjpe_loss_gradient_points_towards_the_right_shape():
+    """Gradient descent on the shape term alone lowers the metric (the transform is solved without gradient)."""
+    rng = np.random.default_rng(4)
+    truth = torch.tensor(rng.normal(size=(1, 3, 17, 3)), dtype=torch.float32)
+    pred = (truth + 0.3 * torch.randn(truth.shape, generator=torch.Generator().manual_seed(0))).requires_grad_()
+    before = float(losses.loss_p_mpjpe(pred, truth))
+    optimizer = torch.optim.SGD([pred], lr=5.0)
+    for _ in range(50):
+        optimizer.zero_grad()
+        losses.loss_p_mpjpe(pred, truth).backward()
+        optimizer.step()
+    assert torch.isfinite(pred.grad).all()
+    assert float(losses.loss_p_mpjpe(pred, truth)) < 0.25 * before
+
+
+def test_p_mpjpe_weight_and_last_frame_weight_add_up():
+    rng = np.random.default_rng(5)
+    truth = torch.tensor(rng.normal(size=(2, 4, 17, 3)))
+    pred = truth + 0.2 * torch.tensor(rng.normal(size=truth.shape))
+    total, parts = losses.total_loss(pred, truth, lambda_n_mpjpe=0.0, lambda_mpjpe_velocity=0.0,
+                                     lambda_last_frame=2.0, lambda_p_mpjpe=0.5)
+    shape_all = losses.loss_p_mpjpe(pred, truth)
+    last = losses.loss_mpjpe(pred[:, -1], truth[:, -1]) + 0.5 * losses.loss_p_mpjpe(pred[:, -1], truth[:, -1])
+    assert float(parts["loss_p_mpjpe"]) == pytest.approx(float(shape_all))
+    assert float(parts["loss_last_frame"]) == pytest.approx(float(last))
+    assert float(total) == pytest.approx(float(losses.loss_mpjpe(pred, truth) + 0.5 * shape_all + 2.0 * last))

@@ -130,6 +130,38 @@ def test_ddp_with_torchrun_on_cpu(tmp_path):
     assert read_checkpoint(out / "best.pt").metadata["world_size"] == 2
 
 
+def test_ddp_time_budget_ends_every_rank_at_the_same_step(tmp_path):
+    """Rank 1's wall clock runs 4x fast. Each rank reading its own clock, rank 1 would leave the loop first and
+    rank 0 would wait for it in the gradient all-reduce (a hang, or a crash once rank 1 exits: both seen); the
+    ranks agree on the clock, so both stop at the same step and the run ends."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = write_mocap_folder(tmp_path / "clips", frames=60)
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import os, sys, time, types\n"
+        "import kasf.training.engine as engine\n"
+        "from kasf.training.cli import train_main\n"
+        "if os.environ['RANK'] == '1':\n"
+        "    start = time.time()\n"
+        "    fast = types.SimpleNamespace(**{k: getattr(time, k) for k in dir(time) if not k.startswith('_')})\n"
+        "    fast.time = lambda: start + 4 * (time.time() - start)\n"
+        "    engine.time = fast\n"
+        "sys.exit(train_main(sys.argv[1:]))\n")
+    out = tmp_path / "run"
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29563",
+         str(script), *TINY, "epochs=100", "time_budget_min=0.1", "data_flavour=mocap", f"mocap_root={folder}",
+         "val_subjects=s3", "cameras_per_clip=1", "val_cameras_per_clip=1", "batch_size=4", f"output_dir={out}"],
+        capture_output=True, text=True, timeout=150, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "time budget of 0.1 min reached" in proc.stdout
+
+
 def test_learning_rate_schedules():
     from kasf.training.config import TrainConfig
     from kasf.training.engine import LearningRate

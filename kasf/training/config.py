@@ -61,7 +61,8 @@ class TrainConfig:
     training_epoch_patience: int = 20  # early stop after this many epochs without a better validation MPJPE
     lambda_mpjpe_velocity: float = 20.0
     lambda_n_mpjpe: float = 0.5
-    lambda_last_frame: float = 0.0  # kasf: extra weight on the last frame's MPJPE (the causal streaming frame)
+    lambda_last_frame: float = 0.0  # kasf: extra weight on the last frame's loss (the causal streaming frame)
+    lambda_p_mpjpe: float = 0.0  # kasf: weight of the Procrustes-aligned MPJPE (the pose's shape)
     flip: bool = True
     batch_size: int = 32
     epochs: int = 800
@@ -176,8 +177,9 @@ def _validate(cfg: TrainConfig, where: str) -> None:
             or cfg.augment_speed[0] > cfg.augment_speed[1]):
         raise ConfigError(f"{where}: key 'augment_speed' must be [low, high] with 0 < low <= high, got "
                           f"{cfg.augment_speed}")
-    if cfg.lambda_last_frame < 0:
-        raise ConfigError(f"{where}: key 'lambda_last_frame' must be >= 0, got {cfg.lambda_last_frame}")
+    for key in ("lambda_last_frame", "lambda_p_mpjpe"):
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"{where}: key '{key}' must be >= 0, got {getattr(cfg, key)}")
     if not 0 <= cfg.ema_decay < 1:
         raise ConfigError(f"{where}: key 'ema_decay' must be in [0, 1) (0: no average), got {cfg.ema_decay}")
     if cfg.learning_rate <= 0:

@@ -44,6 +44,7 @@ class Dist:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    control_group: Any = None  # a Gloo group for host-side agreement (None: the default group, Gloo on CPUs)
 
     @property
     def main(self) -> bool:
@@ -58,9 +59,22 @@ def setup_distributed() -> Dist:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    control = None
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
-    return Dist(rank=dist.get_rank(), local_rank=local, world_size=dist.get_world_size())
+        control = dist.new_group(backend="gloo")  # agreeing on the clock must not wait for the GPU
+    return Dist(rank=dist.get_rank(), local_rank=local, world_size=dist.get_world_size(), control_group=control)
+
+
+def _latest_over_ranks(seconds: float, env: Dist) -> float:
+    """The largest of a clock reading over all ranks, so that every rank leaves the step loop at the same step
+    (a rank that stopped alone would leave the others waiting in the gradient all-reduce for ever) and uses the
+    same learning rate of a time-based schedule. One all-reduce of one number on the host; no device sync."""
+    if env.world_size == 1:
+        return seconds
+    value = torch.tensor([seconds], dtype=torch.float64)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=env.control_group)
+    return float(value.item())
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -467,8 +481,9 @@ def _train(cfg: TrainConfig, command: str | None, stop_requested: Callable[[], b
                 "world_size": env.world_size, "training_time_s": round(elapsed, 1), "kasf_version": __version__,
                 "torch_version": str(torch.__version__)}
 
-    # What time_budget_min counts: wall-clock seconds, or this process's CPU seconds (all its threads), which other
-    # jobs on a shared machine do not eat into; single-process runs only, so ranks never disagree on the end.
+    # What time_budget_min counts: wall-clock seconds (with torchrun, the latest clock over the ranks, agreed every
+    # step), or this process's CPU seconds (all its threads), which other jobs on a shared machine do not eat into;
+    # single-process runs only.
     if cfg.time_budget_clock == "cpu" and env.world_size > 1:
         raise ConfigError("time_budget_clock: cpu is for single-process runs (ranks would stop at different "
                          "steps); use wall with torchrun")
@@ -500,16 +515,19 @@ def _train(cfg: TrainConfig, command: str | None, stop_requested: Callable[[], b
                 break
             x, y = batch
             trained_s = elapsed + budget_clock() - budget_start
-            if cfg.time_budget_min > 0 and trained_s >= cfg.time_budget_min * 60:
-                out_of_time = True
-                break
+            if cfg.time_budget_min > 0:
+                trained_s = _latest_over_ranks(trained_s, env)
+                if trained_s >= cfg.time_budget_min * 60:
+                    out_of_time = True
+                    break
             lr = schedule.at(step, epoch, trained_s)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast_context(device, precision):
                 pred = wrapped(x)
-            loss, parts = total_loss(pred, y, cfg.lambda_n_mpjpe, cfg.lambda_mpjpe_velocity, cfg.lambda_last_frame)
+            loss, parts = total_loss(pred, y, cfg.lambda_n_mpjpe, cfg.lambda_mpjpe_velocity, cfg.lambda_last_frame,
+                                     cfg.lambda_p_mpjpe)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -542,7 +560,7 @@ def _train(cfg: TrainConfig, command: str | None, stop_requested: Callable[[], b
         if bar is not None:
             bar.close()
         train_s = time.time() - epoch_start
-        elapsed += budget_clock() - budget_start
+        elapsed = _latest_over_ranks(elapsed + budget_clock() - budget_start, env)
         if count:
             _check_finite(sums["loss_total"], epoch, step)
         sums_f = {k: float(v) for k, v in sums.items()}
