@@ -46,6 +46,9 @@ VARIANTS: dict[str, list[str]] = {
     # run in bf16 (AMX / AVX512-BF16 here).
     "the same, compiled step, bf16 autocast": ["processes=2", "threads=1", "batch_size=32", "camera_pool=4",
                                                "compile=true", "precision=bf16"],
+    # Twice the windows per step: per-kernel overhead spread over more work.
+    "the same, batch 2 x 64": ["processes=2", "threads=1", "batch_size=64", "camera_pool=4", "compile=true",
+                               "precision=bf16"],
 }
 DDP_SCRIPT = "import sys\nfrom kasf.training.cli import train_main\nsys.exit(train_main(sys.argv[1:]))\n"
 

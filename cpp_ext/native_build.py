@@ -75,11 +75,21 @@ def plan() -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
         info["reason"] = "no C++ compiler found at build time (set CXX or install g++)"
         _fail_if_required(info["reason"])
         return [], {"build_py": _info_build_py(info)}, info
-    sources = [str(SOURCES.relative_to(ROOT) / "anatomy_op.cpp")]
+    # The transformer blocks' CPU kernels come once per instruction set (each file sets its own target and is a
+    # stub where the compiler cannot target it); cpu_blocks.cpp picks one at run time.
+    sources = [str(SOURCES.relative_to(ROOT) / name) for name in (
+        "anatomy_op.cpp", "cpu_blocks.cpp", "cpu_blocks_avx512.cpp", "cpu_blocks_avx2.cpp", "cpu_blocks_generic.cpp")]
     toolkit = cuda_home(cpp_extension.CUDA_HOME)
     want_cuda = not _truthy("KASF_NO_CUDA_EXT")
     use_cuda = want_cuda and torch.version.cuda is not None and toolkit is not None
     cxx_flags = ["-O3", "-std=c++20"]
+    # at::parallel_for is a header template over `#pragma omp parallel`: without -fopenmp the operators run on one
+    # thread whatever torch.set_num_threads says. The library resolves to the libgomp torch itself loaded (same
+    # soname), so there is one OpenMP runtime in the process.
+    link_flags: list[str] = []
+    if sys.platform.startswith("linux"):
+        cxx_flags.append("-fopenmp")
+        link_flags.append("-fopenmp")
     if use_cuda:
         cpp_extension.CUDA_HOME = toolkit  # read by CUDAExtension (library dirs) and BuildExtension (nvcc path)
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
@@ -87,12 +97,13 @@ def plan() -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
         sources += [str(SOURCES.relative_to(ROOT) / name) for name in ("anatomy_cuda.cu", "anatomy_cuda_kernels.cu")]
         ext = cpp_extension.CUDAExtension(
             "kasf._C", sources, include_dirs=[str(SOURCES)],
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++20", "-lineinfo"]})
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++20", "-lineinfo"]},
+            extra_link_args=link_flags)
         info["reason"] = (f"C++ CPU and CUDA kernels (torch CUDA {torch.version.cuda}, toolkit at {toolkit}, "
                           f"architectures {os.environ.get('TORCH_CUDA_ARCH_LIST', 'of the visible GPU')})")
     else:
         ext = cpp_extension.CppExtension("kasf._C", sources, include_dirs=[str(SOURCES)],
-                                         extra_compile_args={"cxx": cxx_flags})
+                                         extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags)
         why = ("KASF_NO_CUDA_EXT was set" if not want_cuda else
                "torch is a CPU build" if torch.version.cuda is None else "no CUDA toolkit (nvcc) found")
         info["reason"] = f"C++ CPU kernels only ({why})"

@@ -91,6 +91,14 @@ def _register_python_parts() -> None:
 
     torch.library.register_autograd(OP_NAME, _backward, setup_context=_setup_context)
 
+    if hasattr(torch.ops.kasf, "lift_cpu"):  # an older build has only the anatomy operator
+        @torch.library.register_fake("kasf::lift_cpu")
+        def _fake_lift(window: torch.Tensor, weights: list[torch.Tensor], config: list[int]) -> torch.Tensor:
+            from kasf.model.native_cpu import CONFIG_KEYS
+
+            torch._check(window.dim() == 4, lambda: "kasf::lift_cpu: the window must be (B, T, J, 3)")
+            return window.new_empty((*window.shape[:3], config[CONFIG_KEYS.index("dim_out")]))
+
 
 def native_available() -> bool:
     """True when torch.ops.kasf.anatomy_features is registered (the extension loaded and is not disabled)."""

@@ -17,7 +17,7 @@ from kasf.model.anatomy import BoneExtractor, LimbFuser
 from kasf.model.input_norm import canonical_input, check_input_norm, check_window, restore_size
 from kasf.model.layers import Attention, FormerModule
 
-INFERENCE_PATHS = ("reference", "fused", "onnxruntime")
+INFERENCE_PATHS = ("reference", "fused", "onnxruntime", "native")
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
 
 # Keywords the reference accepts whose non-default values no released KASportsFormer uses and kasf does not build.
@@ -103,6 +103,7 @@ class KASportsFormer(nn.Module):
         self.input_norm = input_norm  # kasf's addition (kasf.model.input_norm); 'none' is the reference
         self.n_frames, self.num_joints, self.dim_in, self.dim_out = n_frames, num_joints, dim_in, dim_out
         self.use_anatomy = use_anatomy
+        self._native: Any = None  # set by set_inference_path('native')
 
         # Registration order follows the reference so state-dict (and optimizer-state) order match it too.
         self.pos_embed = nn.Parameter(torch.zeros(1, num_joints, dim_feat))
@@ -141,9 +142,18 @@ class KASportsFormer(nn.Module):
         51 limb MLPs as two dense block-matrix products. 'onnxruntime': 'fused', and an ONNX export writes each
         attention as one ONNX Runtime contrib node (only ORT runs that graph). Same weights, same function
         (fixtures match each path to 1e-5); eager on the 2-core CPU of benchmarks/results the fused path was not
-        faster, so it is opt-in."""
+        faster, so it is opt-in. 'native': the whole forward in one call of the C++ operator kasf::lift_cpu
+        (kasf.model.native_cpu): CPU, float32, inference only."""
         if path not in INFERENCE_PATHS:
             raise ValueError(f"inference path must be one of {', '.join(map(repr, INFERENCE_PATHS))}, got {path!r}")
+        self._native = None
+        if path == "native":
+            from kasf.model.native_cpu import NativeLifter, unavailable_reason
+
+            reason = unavailable_reason(self)
+            if reason:
+                raise ValueError(f"inference path 'native' is not available: {reason}")
+            self._native = NativeLifter(self)
         for module in self.modules():
             if isinstance(module, Attention):
                 module.fused = path != "reference"
@@ -156,12 +166,28 @@ class KASportsFormer(nn.Module):
     def blocks(self) -> nn.ModuleList:
         return self.layers_with_bone if self.use_anatomy else self.layers
 
+    def _check_native(self, x: torch.Tensor) -> None:
+        """The native path is an inference kernel: say so rather than silently run something else."""
+        if x.device.type != "cpu" or x.dtype != torch.float32:
+            raise ValueError(f"inference path 'native' runs float32 on the CPU; got {x.dtype} on {x.device} "
+                             "(use set_inference_path('fused') elsewhere)")
+        if torch.is_grad_enabled() or self.training:
+            raise ValueError("inference path 'native' has no backward and runs in eval mode only: call model.eval() "
+                             "and run under torch.no_grad() / inference_mode, or set_inference_path('reference') "
+                             "to train")
+        if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+            raise ValueError("inference path 'native' cannot be traced, compiled or exported; export with "
+                             "set_inference_path('reference' or 'onnxruntime')")
+
     def check_input(self, x: torch.Tensor) -> None:
         check_window(x, self.n_frames, self.num_joints, self.dim_in, "KASportsFormer")
 
     def forward(self, x: torch.Tensor, return_rep: bool = False) -> torch.Tensor:
         if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
             self.check_input(x)
+        if self._native is not None and not return_rep:
+            self._check_native(x)
+            return self._native(x)
         x, size = canonical_input(x, self.input_norm)
         if self.use_anatomy:
             bone = self.bone_embed(self.bone_extractor(x)) + self.bone_pos_embed

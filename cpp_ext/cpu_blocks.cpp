@@ -1,0 +1,449 @@
+// kasf::lift_cpu: a whole KASportsFormer / MotionAGFormer forward (input normalisation, anatomy features,
+// embeddings, the spatio-temporal blocks, the head) in one CPU call.
+//
+// Why: at the demo size (32 channels, 459 tokens a window) a forward is ~5,000 small tensor operations, and eager
+// PyTorch, ONNX Runtime and the compilers all spend most of a window dispatching them (docs/cpu_inference.md). Here
+// a module is three passes over the tokens (rows: LayerNorm and the input products; sequences: attention or the
+// graph; rows: output product, residual, LayerNorm, MLP with GELU, residual), each split over the intra-op threads,
+// with kernels compiled for AVX-512, AVX2 or the baseline and picked at run time (cpu_blocks_kernels.h).
+//
+// Inference only, float32 windows (B, T, J, 3). The weights come as one flat list in the order written by
+// kasf.model.native_cpu.pack_lifter (documented there); every tensor's size is checked against the config.
+
+#include <torch/library.h>
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cpu_blocks_kernels_api.h"
+
+namespace kasf {
+namespace {
+
+using namespace kasf_cpu;
+
+struct Kernels {
+  const char* name;
+  decltype(&generic::layer_norm_rows) layer_norm_rows;
+  decltype(&generic::product_rows) product_rows;
+  decltype(&generic::attend_sequence) attend_sequence;
+  decltype(&generic::graph_sequence) graph_sequence;
+  decltype(&generic::fuse_rows) fuse_rows;
+};
+
+#define KASF_KERNELS(NS) \
+  Kernels{#NS, &NS::layer_norm_rows, &NS::product_rows, &NS::attend_sequence, &NS::graph_sequence, &NS::fuse_rows}
+
+// The widest kernel set this CPU runs; KASF_CPU_KERNELS=avx512|avx2|generic asks for one (tests run each), and
+// asking for one the CPU cannot run is an error, not a silent fallback.
+const Kernels& kernels() {
+  static const Kernels chosen = [] {
+    const char* asked = std::getenv("KASF_CPU_KERNELS");
+    const std::string want = asked ? asked : "";
+    if (want == "avx512" || (want.empty() && avx512::supported())) {
+      TORCH_CHECK(avx512::supported(), "KASF_CPU_KERNELS=avx512 but this CPU (or build) has no AVX-512");
+      return KASF_KERNELS(avx512);
+    }
+    if (want == "avx2" || (want.empty() && avx2::supported())) {
+      TORCH_CHECK(avx2::supported(), "KASF_CPU_KERNELS=avx2 but this CPU (or build) has no AVX2 and FMA");
+      return KASF_KERNELS(avx2);
+    }
+    TORCH_CHECK(want.empty() || want == "generic", "KASF_CPU_KERNELS must be avx512, avx2 or generic, got '", want,
+                "'");
+    return KASF_KERNELS(generic);
+  }();
+  return chosen;
+}
+
+// Config entries (kasf.model.native_cpu.CONFIG_KEYS).
+enum ConfigIndex { kLayers, kDim, kHeads, kHidden, kFrames, kJoints, kAnatomy, kAdaptive, kSimilarity, kNeighbours,
+                   kRep, kOut, kInputNorm, kRoot, kLimbHidden, kConfigSize };
+enum InputNorm { kNormNone = 0, kNormFrame = 1, kNormWindow = 2 };  // kasf.model.input_norm.INPUT_NORMS
+constexpr float kMinWeight = 1e-2f, kMinSize = 1e-4f;               // kasf.model.input_norm's constants
+int64_t padded16(int64_t n) { return (n + 15) / 16 * 16; }
+
+class WeightCursor {
+ public:
+  explicit WeightCursor(at::TensorList weights) : weights_(weights) {}
+  // The next tensor, which must hold `numel` floats (0 also accepts an empty placeholder).
+  const float* take(int64_t numel, const char* what) {
+    TORCH_CHECK(next_ < weights_.size(), "kasf::lift_cpu: the weight list ended before ", what);
+    const at::Tensor& t = weights_[next_];
+    TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous() && t.device().is_cpu(),
+                "kasf::lift_cpu: weight ", next_, " (", what, ") must be a contiguous float32 CPU tensor");
+    TORCH_CHECK(t.numel() == numel, "kasf::lift_cpu: weight ", next_, " (", what, ") has ", t.numel(),
+                " values, expected ", numel);
+    ++next_;
+    return numel ? t.data_ptr<float>() : nullptr;
+  }
+  void expect_end() const {
+    TORCH_CHECK(next_ == weights_.size(), "kasf::lift_cpu: ", weights_.size() - next_,
+                " weights left over: the list does not match the config");
+  }
+
+ private:
+  at::TensorList weights_;
+  size_t next_ = 0;
+};
+
+struct Shape {
+  int64_t batch, frames, joints, rows;
+  int D, heads, hidden, neighbours;
+  bool similarity;
+  int64_t sequences(bool spatial) const { return spatial ? batch * frames : batch * joints; }
+  Sequence sequence(bool spatial, int64_t s) const {
+    if (spatial) return Sequence{s * joints, 1, (int)joints};
+    return Sequence{(s / joints) * frames * joints + s % joints, joints, (int)frames};
+  }
+};
+
+// Per-thread scratch, reused by every module: rows of LayerNorm output and MLP hidden units for a chunk of tokens,
+// and the attention or graph workspace of one sequence.
+constexpr int64_t kChunk = 48;
+
+struct Workspace {
+  Workspace(const Shape& s, int threads) {
+    const int64_t longest = s.frames > s.joints ? s.frames : s.joints;
+    const int64_t padded = (longest + 15) / 16 * 16;
+    per_thread = kChunk * (s.D + s.hidden) + 2 * s.D * padded + longest * padded + longest * longest + longest +
+                 (s.D + 1) * padded;
+    scratch = at::empty({threads, per_thread}, at::kFloat);
+    normed = at::empty({s.rows, s.D}, at::kFloat);
+    packed = at::empty({s.rows, 3 * s.D}, at::kFloat);
+    mixed = at::empty({s.rows, s.D}, at::kFloat);
+  }
+  float* mine() { return scratch.data_ptr<float>() + at::get_thread_num() * per_thread; }
+  int64_t per_thread;
+  at::Tensor scratch, normed, packed, mixed;
+};
+
+struct ModuleWeights {
+  const float *ln1_g, *ln1_b, *ln_limb_g = nullptr, *ln_limb_b = nullptr;
+  const float *in_w, *in_b, *kv_w = nullptr, *kv_b = nullptr, *proj_w = nullptr, *proj_b = nullptr;
+  const float *bn_scale = nullptr, *bn_shift = nullptr, *adjacency = nullptr;
+  const float *ln2_g, *ln2_b, *fc1_w, *fc1_b, *fc2_w, *fc2_b, *ls1, *ls2;
+};
+
+enum Mixer { kAttention, kGraph, kBone };
+
+ModuleWeights take_module(WeightCursor& w, const Shape& s, Mixer mixer, bool spatial) {
+  const int64_t D = s.D, nodes = spatial ? s.joints : s.frames;
+  ModuleWeights m;
+  m.ln1_g = w.take(D, "norm1.weight");
+  m.ln1_b = w.take(D, "norm1.bias");
+  if (mixer == kBone) {
+    m.ln_limb_g = w.take(D, "norm1_limb.weight");
+    m.ln_limb_b = w.take(D, "norm1_limb.bias");
+    m.in_w = w.take(D * D, "mixer.qkv_q.weight^T");
+    m.in_b = w.take(D, "mixer.qkv_q.bias");
+    m.kv_w = w.take(D * 2 * D, "mixer.qkv_kv.weight^T");
+    m.kv_b = w.take(2 * D, "mixer.qkv_kv.bias");
+  } else if (mixer == kAttention) {
+    m.in_w = w.take(D * 3 * D, "mixer.qkv.weight^T");
+    m.in_b = w.take(3 * D, "mixer.qkv.bias");
+  } else {
+    m.in_w = w.take(D * 2 * D, "[mixer.U | mixer.V].weight^T");
+    m.in_b = w.take(2 * D, "[mixer.U | mixer.V].bias");
+    m.bn_scale = w.take(nodes, "mixer.batch_norm scale");
+    m.bn_shift = w.take(nodes, "mixer.batch_norm shift");
+    const bool fixed = spatial || !s.similarity;
+    m.adjacency = w.take(fixed ? nodes * nodes : 0, "mixer.norm_adj");
+  }
+  if (mixer != kGraph) {
+    m.proj_w = w.take(D * D, "mixer.proj.weight^T");
+    m.proj_b = w.take(D, "mixer.proj.bias");
+  }
+  m.ln2_g = w.take(D, "norm2.weight");
+  m.ln2_b = w.take(D, "norm2.bias");
+  m.fc1_w = w.take(D * s.hidden, "mlp.fc1.weight^T");
+  m.fc1_b = w.take(s.hidden, "mlp.fc1.bias");
+  m.fc2_w = w.take((int64_t)s.hidden * D, "mlp.fc2.weight^T");
+  m.fc2_b = w.take(D, "mlp.fc2.bias");
+  m.ls1 = w.take(D, "layer_scale_1");
+  m.ls2 = w.take(D, "layer_scale_2");
+  return m;
+}
+
+// One pre-norm residual unit, in place on x (rows x D): x += ls1 * mixer(norm1(x)); x += ls2 * mlp(norm2(x)).
+void run_module(const Kernels& k, const ModuleWeights& m, Mixer mixer, bool spatial, const Shape& s,
+                Workspace& ws, float* x, const float* limb) {
+  const int D = s.D;
+  float* normed = ws.normed.data_ptr<float>();
+  float* packed = ws.packed.data_ptr<float>();
+  float* mixed = ws.mixed.data_ptr<float>();
+  const int64_t ld = mixer == kGraph ? 2 * D : 3 * D;
+  // Pass 1 (rows): norm1, and the mixer's input products: qkv; q and kv (bone, kv from norm1_limb(limb)); U|V.
+  at::parallel_for(0, s.rows, kChunk, [&](int64_t begin, int64_t end) {
+    float* limb_normed = ws.mine();
+    for (int64_t r0 = begin; r0 < end; r0 += kChunk) {
+      const int64_t n = end - r0 < kChunk ? end - r0 : kChunk;
+      k.layer_norm_rows(x + r0 * D, D, n, D, m.ln1_g, m.ln1_b, normed + r0 * D, D);
+      const int out = mixer == kBone ? D : (int)ld;
+      k.product_rows(kStore, normed + r0 * D, D, n, D, m.in_w, m.in_b, out, packed + r0 * ld, ld, nullptr);
+      if (mixer == kBone) {
+        k.layer_norm_rows(limb + r0 * D, D, n, D, m.ln_limb_g, m.ln_limb_b, limb_normed, D);
+        k.product_rows(kStore, limb_normed, D, n, D, m.kv_w, m.kv_b, 2 * D, packed + r0 * ld + D, ld, nullptr);
+      }
+    }
+  });
+  // Pass 2 (sequences): attention into `mixed`, or the graph mixer, which adds its layer-scaled output to x.
+  const int64_t sequences = s.sequences(spatial);
+  at::parallel_for(0, sequences, 1, [&](int64_t begin, int64_t end) {
+    float* scratch = ws.mine() + kChunk * (s.D + s.hidden);
+    for (int64_t i = begin; i < end; ++i) {
+      const Sequence seq = s.sequence(spatial, i);
+      if (mixer == kGraph) {
+        k.graph_sequence(normed, packed, seq, D, m.adjacency, s.neighbours, m.bn_scale, m.bn_shift, m.ls1, x, scratch);
+      } else {
+        const float scale = 1.0f / std::sqrt((float)(D / s.heads));
+        k.attend_sequence(packed, ld, seq, D, s.heads, scale, mixed, D, scratch);
+      }
+    }
+  });
+  // Pass 3 (rows): attention's output product and residual, then norm2 and the MLP with its residual.
+  at::parallel_for(0, s.rows, kChunk, [&](int64_t begin, int64_t end) {
+    float* normed_chunk = ws.mine();
+    float* hidden = normed_chunk + kChunk * D;
+    for (int64_t r0 = begin; r0 < end; r0 += kChunk) {
+      const int64_t n = end - r0 < kChunk ? end - r0 : kChunk;
+      if (mixer != kGraph) {
+        k.product_rows(kResidual, mixed + r0 * D, D, n, D, m.proj_w, m.proj_b, D, x + r0 * D, D, m.ls1);
+      }
+      k.layer_norm_rows(x + r0 * D, D, n, D, m.ln2_g, m.ln2_b, normed_chunk, D);
+      k.product_rows(kGelu, normed_chunk, D, n, D, m.fc1_w, m.fc1_b, s.hidden, hidden, s.hidden, nullptr);
+      k.product_rows(kResidual, hidden, s.hidden, n, s.hidden, m.fc2_w, m.fc2_b, D, x + r0 * D, D, m.ls2);
+    }
+  });
+}
+
+// Input normalisation (kasf.model.input_norm.canonical_input): pelvis-centred, divided by the confidence-weighted
+// RMS distance of the joints from the pelvis, per frame or per window; returns the size each frame was divided by.
+std::vector<float> canonical_input(const float* in, float* out, int64_t batch, int64_t frames, int64_t joints,
+                                   int mode, int root) {
+  std::vector<float> size(batch * frames, 1.0f);
+  if (mode == kNormNone) {
+    std::memcpy(out, in, batch * frames * joints * 3 * sizeof(float));
+    return size;
+  }
+  for (int64_t b = 0; b < batch; ++b) {
+    double window_squared = 0.0, window_weight = 0.0;
+    for (int64_t t = 0; t < frames; ++t) {
+      const float* f = in + (b * frames + t) * joints * 3;
+      float squared = 0.0f, weight = 0.0f;
+      for (int64_t j = 0; j < joints; ++j) {
+        const float dx = f[j * 3] - f[root * 3], dy = f[j * 3 + 1] - f[root * 3 + 1];
+        const float w = (f[j * 3 + 2] > 0.0f ? f[j * 3 + 2] : 0.0f) + kMinWeight;
+        squared += (dx * dx + dy * dy) * w;
+        weight += w;
+      }
+      size[b * frames + t] = std::max(std::sqrt(squared / weight), kMinSize);
+      window_squared += squared;
+      window_weight += weight;
+    }
+    if (mode == kNormWindow) {
+      const float window_size = std::max((float)std::sqrt(window_squared / window_weight), kMinSize);
+      for (int64_t t = 0; t < frames; ++t) size[b * frames + t] = window_size;
+    }
+    for (int64_t t = 0; t < frames; ++t) {
+      const float* f = in + (b * frames + t) * joints * 3;
+      float* o = out + (b * frames + t) * joints * 3;
+      const float inv = size[b * frames + t];
+      for (int64_t j = 0; j < joints; ++j) {
+        o[j * 3] = (f[j * 3] - f[root * 3]) / inv;
+        o[j * 3 + 1] = (f[j * 3 + 1] - f[root * 3 + 1]) / inv;
+        o[j * 3 + 2] = f[j * 3 + 2];
+      }
+    }
+  }
+  return size;
+}
+
+// Token embedding: out[r] = in[r] (3 values) W + b + pos[joint of r].
+void embed(const float* in, int64_t rows, int64_t joints, int D, const float* w, const float* b, const float* pos,
+           float* out) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* x = in + r * 3;
+    const float* p = pos + (r % joints) * D;
+    float* o = out + r * D;
+    for (int c = 0; c < D; ++c) o[c] = x[0] * w[c] + x[1] * w[D + c] + x[2] * w[2 * D + c] + b[c] + p[c];
+  }
+}
+
+void run_blocks(const Kernels& k, WeightCursor& cursor, const Shape& s, const int64_t* config, float* stream,
+                const float* bone, const float* limb) {
+  const bool anatomy = config[kAnatomy] != 0, adaptive = config[kAdaptive] != 0;
+  Workspace ws(s, at::get_num_threads());
+  const int n_branches = anatomy ? 3 : 2;
+  std::vector<at::Tensor> branch_storage;
+  for (int b = 0; b < n_branches; ++b) branch_storage.push_back(at::empty({s.rows, s.D}, at::kFloat));
+  const int64_t bytes = s.rows * s.D * (int64_t)sizeof(float);
+  for (int64_t layer = 0; layer < config[kLayers]; ++layer) {
+    const ModuleWeights att_s = take_module(cursor, s, kAttention, true);
+    const ModuleWeights att_t = take_module(cursor, s, kAttention, false);
+    const ModuleWeights graph_s = take_module(cursor, s, kGraph, true);
+    const ModuleWeights graph_t = take_module(cursor, s, kGraph, false);
+    ModuleWeights bone_s{}, bone_t{};
+    if (anatomy) {
+      bone_s = take_module(cursor, s, kBone, true);
+      bone_t = take_module(cursor, s, kBone, false);
+    }
+    const float* fusion_w = cursor.take(adaptive ? (int64_t)n_branches * n_branches * s.D : 0, "fusion.weight");
+    const float* fusion_b = cursor.take(adaptive ? n_branches : 0, "fusion.bias");
+
+    float* att = branch_storage[0].data_ptr<float>();
+    float* graph = branch_storage[1].data_ptr<float>();
+    std::memcpy(att, stream, bytes);
+    run_module(k, att_s, kAttention, true, s, ws, att, nullptr);
+    run_module(k, att_t, kAttention, false, s, ws, att, nullptr);
+    std::memcpy(graph, stream, bytes);
+    run_module(k, graph_s, kGraph, true, s, ws, graph, nullptr);
+    run_module(k, graph_t, kGraph, false, s, ws, graph, nullptr);
+    const float* branches[3] = {att, graph, nullptr};
+    if (anatomy) {
+      float* bone_stream = branch_storage[2].data_ptr<float>();
+      // The first block's bone branch starts from the bone features, the later ones from the block's input.
+      std::memcpy(bone_stream, layer == 0 ? bone : stream, bytes);
+      run_module(k, bone_s, kBone, true, s, ws, bone_stream, limb);
+      run_module(k, bone_t, kBone, false, s, ws, bone_stream, limb);
+      branches[2] = bone_stream;
+    }
+    at::parallel_for(0, s.rows, kChunk, [&](int64_t begin, int64_t end) {
+      const float* parts[3] = {branches[0] + begin * s.D, branches[1] + begin * s.D,
+                               anatomy ? branches[2] + begin * s.D : nullptr};
+      k.fuse_rows(parts, n_branches, end - begin, s.D, fusion_w, fusion_b, stream + begin * s.D);
+    });
+  }
+}
+
+at::Tensor lift_cpu(const at::Tensor& window, at::TensorList weights, at::IntArrayRef config_ref) {
+  TORCH_CHECK(config_ref.size() == kConfigSize, "kasf::lift_cpu: config needs ", (int)kConfigSize, " entries, got ",
+              config_ref.size());
+  const int64_t* config = config_ref.data();
+  TORCH_CHECK(window.dim() == 4 && window.scalar_type() == at::kFloat && window.device().is_cpu(),
+              "kasf::lift_cpu: the window must be a float32 CPU tensor (B, T, J, 3), got ", window.sizes(), " ",
+              window.scalar_type());
+  TORCH_CHECK(window.size(1) == config[kFrames] && window.size(2) == config[kJoints] && window.size(3) == 3,
+              "kasf::lift_cpu: the window has shape ", window.sizes(), ", the model takes (B, ", config[kFrames], ", ",
+              config[kJoints], ", 3)");
+  Shape s;
+  s.batch = window.size(0);
+  s.frames = window.size(1);
+  s.joints = window.size(2);
+  s.rows = s.batch * s.frames * s.joints;
+  s.D = (int)config[kDim];
+  s.heads = (int)config[kHeads];
+  s.hidden = (int)config[kHidden];
+  s.similarity = config[kSimilarity] != 0;
+  s.neighbours = (int)config[kNeighbours];
+  const bool anatomy = config[kAnatomy] != 0;
+  const int rep = (int)config[kRep], dim_out = (int)config[kOut];
+  TORCH_CHECK(s.D % 16 == 0 && s.hidden % 16 == 0 && rep % 16 == 0 && s.heads > 0 && s.D % s.heads == 0,
+              "kasf::lift_cpu: needs dim_feat, dim_rep and the MLP width multiples of 16 and heads dividing dim_feat; "
+              "got dim_feat ", s.D, ", dim_rep ", rep, ", hidden ", s.hidden, ", heads ", s.heads);
+  TORCH_CHECK(!s.similarity || (s.neighbours >= 1 && s.neighbours <= 64 && s.neighbours <= s.frames),
+              "kasf::lift_cpu: neighbour_num must be in [1, min(64, n_frames)], got ", s.neighbours);
+  TORCH_CHECK(config[kInputNorm] >= kNormNone && config[kInputNorm] <= kNormWindow && config[kRoot] >= 0 &&
+              config[kRoot] < s.joints, "kasf::lift_cpu: bad input_norm or root joint in the config");
+  at::Tensor out = at::empty({s.batch, s.frames, s.joints, dim_out}, at::kFloat);
+  if (s.rows == 0) return out;
+  const Kernels& k = kernels();
+  const int D = s.D;
+  const at::Tensor input = window.contiguous();
+  WeightCursor cursor(weights);
+
+  // Input normalisation, anatomy features (the kasf::anatomy_features operator), limb fuser, embeddings.
+  at::Tensor canonical = at::empty_like(input);
+  const std::vector<float> size = canonical_input(input.data_ptr<float>(), canonical.data_ptr<float>(), s.batch,
+                                                  s.frames, s.joints, (int)config[kInputNorm], (int)config[kRoot]);
+  at::Tensor stream = at::empty({s.rows, D}, at::kFloat), bone, limb;
+  const float* joints_w = cursor.take(3 * D, "joints_embed.weight^T");
+  const float* joints_b = cursor.take(D, "joints_embed.bias");
+  const float* joints_pos = cursor.take(s.joints * D, "pos_embed");
+  embed(canonical.data_ptr<float>(), s.rows, s.joints, D, joints_w, joints_b, joints_pos, stream.data_ptr<float>());
+  if (anatomy) {
+    static const auto anatomy_op = c10::Dispatcher::singleton()
+                                       .findSchemaOrThrow("kasf::anatomy_features", "")
+                                       .typed<at::Tensor(const at::Tensor&)>();
+    const at::Tensor bone_features = anatomy_op.call(canonical).contiguous();
+    const int64_t limb_hidden = config[kLimbHidden], in_width = s.joints * 3, out_width = padded16(in_width);
+    const float* bone_w = cursor.take(3 * D, "bone_embed.weight^T");
+    const float* bone_b = cursor.take(D, "bone_embed.bias");
+    const float* bone_pos = cursor.take(s.joints * D, "bone_pos_embed");
+    const float* limb_w = cursor.take(3 * D, "limb_embed.weight^T");
+    const float* limb_b = cursor.take(D, "limb_embed.bias");
+    const float* limb_pos = cursor.take(s.joints * D, "limb_pos_embed");
+    const float* fuser_w1 = cursor.take(in_width * limb_hidden, "bone_refusion packed fc1");
+    const float* fuser_b1 = cursor.take(limb_hidden, "bone_refusion packed fc1 bias");
+    const float* fuser_w2 = cursor.take(limb_hidden * out_width, "bone_refusion packed fc2 (padded)");
+    const float* fuser_b2 = cursor.take(out_width, "bone_refusion packed fc2 bias (padded)");
+    const int64_t frames_total = s.batch * s.frames;
+    at::Tensor hidden = at::empty({frames_total, limb_hidden}, at::kFloat);
+    at::Tensor fused = at::empty({frames_total, out_width}, at::kFloat);
+    k.product_rows(kGelu, canonical.data_ptr<float>(), in_width, frames_total, (int)in_width, fuser_w1, fuser_b1,
+                   (int)limb_hidden, hidden.data_ptr<float>(), limb_hidden, nullptr);
+    k.product_rows(kStore, hidden.data_ptr<float>(), limb_hidden, frames_total, (int)limb_hidden, fuser_w2, fuser_b2,
+                   (int)out_width, fused.data_ptr<float>(), out_width, nullptr);
+    at::Tensor limb_features = at::empty({s.rows, 3}, at::kFloat);
+    for (int64_t f = 0; f < frames_total; ++f)
+      std::memcpy(limb_features.data_ptr<float>() + f * in_width, fused.data_ptr<float>() + f * out_width,
+                  in_width * sizeof(float));
+    bone = at::empty({s.rows, D}, at::kFloat);
+    limb = at::empty({s.rows, D}, at::kFloat);
+    embed(bone_features.data_ptr<float>(), s.rows, s.joints, D, bone_w, bone_b, bone_pos, bone.data_ptr<float>());
+    embed(limb_features.data_ptr<float>(), s.rows, s.joints, D, limb_w, limb_b, limb_pos, limb.data_ptr<float>());
+  }
+
+  run_blocks(k, cursor, s, config, stream.data_ptr<float>(), anatomy ? bone.data_ptr<float>() : nullptr,
+             anatomy ? limb.data_ptr<float>() : nullptr);
+
+  // Head: LayerNorm, Linear(D, dim_rep) + tanh, Linear(dim_rep, dim_out) (padded to 16 columns), times the size.
+  const float* norm_g = cursor.take(D, "norm.weight");
+  const float* norm_b = cursor.take(D, "norm.bias");
+  const float* rep_w = cursor.take((int64_t)D * rep, "rep_logit.fc.weight^T");
+  const float* rep_b = cursor.take(rep, "rep_logit.fc.bias");
+  const int64_t out_pad = padded16(dim_out);
+  const float* head_w = cursor.take(rep * out_pad, "head.weight^T (padded)");
+  const float* head_b = cursor.take(out_pad, "head.bias (padded)");
+  cursor.expect_end();
+  at::Tensor head_scratch = at::empty({at::get_num_threads(), kChunk * (D + rep + out_pad)}, at::kFloat);
+  const float* x = stream.data_ptr<float>();
+  float* y = out.data_ptr<float>();
+  at::parallel_for(0, s.rows, kChunk, [&](int64_t begin, int64_t end) {
+    float* normed = head_scratch.data_ptr<float>() + at::get_thread_num() * kChunk * (D + rep + out_pad);
+    float* hidden = normed + kChunk * D;
+    float* projected = hidden + kChunk * rep;
+    for (int64_t r0 = begin; r0 < end; r0 += kChunk) {
+      const int64_t n = end - r0 < kChunk ? end - r0 : kChunk;
+      k.layer_norm_rows(x + r0 * D, D, n, D, norm_g, norm_b, normed, D);
+      k.product_rows(kTanh, normed, D, n, D, rep_w, rep_b, rep, hidden, rep, nullptr);
+      k.product_rows(kStore, hidden, rep, n, rep, head_w, head_b, (int)out_pad, projected, out_pad, nullptr);
+      for (int64_t i = 0; i < n; ++i) {
+        const float scale = size[(r0 + i) / s.joints];
+        for (int c = 0; c < dim_out; ++c) y[(r0 + i) * dim_out + c] = projected[i * out_pad + c] * scale;
+      }
+    }
+  });
+  return out;
+}
+
+std::string lift_cpu_kernels() { return kernels().name; }
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(kasf, m) {
+  m.def("lift_cpu(Tensor window, Tensor[] weights, int[] config) -> Tensor");
+  m.def("lift_cpu_kernels() -> str", &lift_cpu_kernels);
+}
+
+TORCH_LIBRARY_IMPL(kasf, CPU, m) {
+  m.impl("lift_cpu", &lift_cpu);
+}
+
+}  // namespace kasf

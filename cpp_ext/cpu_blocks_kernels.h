@@ -1,0 +1,354 @@
+// The transformer blocks' CPU kernels: raw pointers and GCC/Clang vector types, no torch, no std templates.
+//
+// Why no torch here: this header is compiled several times, once per instruction set (cpu_blocks_avx512.cpp,
+// cpu_blocks_avx2.cpp, cpu_blocks_generic.cpp), each under its own `#pragma GCC target`. Any inline function shared
+// with other translation units (torch's, std's templates) could be merged by the linker with a copy compiled for
+// another instruction set; keeping everything here in an anonymous namespace keeps each copy to its own file.
+//
+// The includer defines KASF_VLEN (floats per vector: 16, 8 or 4), KASF_ROWS (rows per product tile) and KASF_NS (the
+// namespace that names the instruction set). The entry points are the functions of kasf_cpu::KASF_NS declared in
+// cpu_blocks_kernels_api.h, with the layouts described there.
+
+#include <stdint.h>
+
+#include "cpu_blocks_kernels_api.h"
+
+namespace kasf_cpu {
+namespace KASF_NS {
+namespace {
+
+constexpr int V = KASF_VLEN;
+constexpr int R = KASF_ROWS;
+typedef float vf __attribute__((vector_size(KASF_VLEN * 4), aligned(4), may_alias));
+typedef int32_t vi __attribute__((vector_size(KASF_VLEN * 4), aligned(4), may_alias));
+
+inline vf load(const float* p) { return *reinterpret_cast<const vf*>(p); }
+inline void store(float* p, vf v) { *reinterpret_cast<vf*>(p) = v; }
+// A broadcast. Spelled out: `vf{} + s` adds 0.0f first (-0.0f + 0.0f is not -0.0f, so it stays an add), and a
+// per-lane loop compiles to sixteen masked inserts.
+inline vf splat(float s) {
+#if KASF_VLEN == 16
+  return vf{s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s};
+#elif KASF_VLEN == 8
+  return vf{s, s, s, s, s, s, s, s};
+#else
+  return vf{s, s, s, s};
+#endif
+}
+// Pairwise lane sum: log2(V) shuffle-and-add steps (a lane loop or an array round trip stalls on store
+// forwarding). Clang has no __builtin_shuffle; it gets the lane loop.
+#if defined(__clang__)
+inline float hsum(vf v) {
+  float s = 0.0f;
+  for (int i = 0; i < V; ++i) s += v[i];
+  return s;
+}
+#else
+template <int W>
+inline vf fold(vf v) {
+  vi perm;
+  for (int i = 0; i < V; ++i) perm[i] = (i + W) % V;
+  return v + __builtin_shuffle(v, perm);
+}
+inline float hsum(vf v) {
+#if KASF_VLEN == 16
+  v = fold<8>(v);
+#endif
+#if KASF_VLEN >= 8
+  v = fold<4>(v);
+#endif
+  v = fold<2>(v);
+  v = fold<1>(v);
+  return v[0];
+}
+#endif
+inline vf vmax(vf a, vf b) { return a > b ? a : b; }
+inline int64_t row_of(const Sequence& seq, int i) { return seq.base + i * seq.step; }
+
+// exp(x) for x <= 88 (Cephes' range reduction and polynomial; within 2 ulp of expf, never inf or a denormal).
+inline vf vexp(vf x) {
+  x = vmax(x, splat(-87.0f));
+  const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer held in the low bits
+  vf t = x * 1.44269504088896341f + magic;
+  vf n = t - magic;
+  vi e = (vi)t - (vi)magic;
+  vf r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  vf p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  return p * (vf)((e + 127) << 23);
+}
+
+// The exact (erf) GELU, 0.5 x (1 + erf(x / sqrt 2)), through erfc with a fractional error below 1.2e-7 (Numerical
+// Recipes' Chebyshev fit): 1 + erf(z) is 2 - erfc(z) for z >= 0 and erfc(-z) below, so no cancellation near 0.
+inline vf vgelu(vf x) {
+  vf z = x * 0.70710678118654752f;
+  vf a = z < 0.0f ? -z : z;
+  vf t = 1.0f / (1.0f + 0.5f * a);
+  vf p = splat(0.17087277f);
+  p = p * t - 0.82215223f;
+  p = p * t + 1.48851587f;
+  p = p * t - 1.13520398f;
+  p = p * t + 0.27886807f;
+  p = p * t - 0.18628806f;
+  p = p * t + 0.09678418f;
+  p = p * t + 0.37409196f;
+  p = p * t + 1.00002368f;
+  p = p * t - 1.26551223f;
+  vf erfc = t * vexp(p - a * a);
+  vf one_plus_erf = z >= 0.0f ? 2.0f - erfc : erfc;
+  return 0.5f * x * one_plus_erf;
+}
+
+// tanh(x) = 1 - 2 / (exp(2x) + 1): absolute error ~1e-7 (relative error grows only where tanh is near 0).
+inline vf vtanh(vf x) {
+  x = x < -9.0f ? splat(-9.0f) : x;
+  x = x > 9.0f ? splat(9.0f) : x;
+  return 1.0f - 2.0f / (vexp(2.0f * x) + 1.0f);
+}
+
+// One tile of `rows` (<= R) output rows: y = epilogue(x W + bias), W stored (K, N) row-major, N a multiple of V.
+template <int E>
+inline void finish(float* y, int c, vf acc, const float* scale) {
+  if (E == kStore) {
+    store(y + c, acc);
+  } else if (E == kGelu) {
+    store(y + c, vgelu(acc));
+  } else if (E == kTanh) {
+    store(y + c, vtanh(acc));
+  } else {  // kResidual: y += scale * (x W + b)
+    store(y + c, load(y + c) + load(scale + c) * acc);
+  }
+}
+
+template <int E, int ROWS>
+inline void product_tile(const float* x, int64_t ldx, int K, const float* w, const float* bias, int N, float* y,
+                         int64_t ldy, const float* scale) {
+  int c = 0;
+  for (; c + 2 * V <= N; c += 2 * V) {
+    vf acc0[ROWS], acc1[ROWS];
+    const vf b0 = load(bias + c), b1 = load(bias + c + V);
+    for (int i = 0; i < ROWS; ++i) {
+      acc0[i] = b0;
+      acc1[i] = b1;
+    }
+    for (int k = 0; k < K; ++k) {
+      const vf w0 = load(w + (int64_t)k * N + c), w1 = load(w + (int64_t)k * N + c + V);
+      for (int i = 0; i < ROWS; ++i) {
+        const vf xi = splat(x[i * ldx + k]);
+        acc0[i] += xi * w0;
+        acc1[i] += xi * w1;
+      }
+    }
+    for (int i = 0; i < ROWS; ++i) {
+      finish<E>(y + i * ldy, c, acc0[i], scale);
+      finish<E>(y + i * ldy, c + V, acc1[i], scale);
+    }
+  }
+  for (; c < N; c += V) {
+    vf acc[ROWS];
+    for (int i = 0; i < ROWS; ++i) acc[i] = load(bias + c);
+    for (int k = 0; k < K; ++k) {
+      const vf w0 = load(w + (int64_t)k * N + c);
+      for (int i = 0; i < ROWS; ++i) acc[i] += splat(x[i * ldx + k]) * w0;
+    }
+    for (int i = 0; i < ROWS; ++i) finish<E>(y + i * ldy, c, acc[i], scale);
+  }
+}
+
+template <int E>
+void product_rows_as(const float* x, int64_t ldx, int64_t rows, int K, const float* w, const float* bias, int N,
+                     float* y, int64_t ldy, const float* scale) {
+  int64_t r = 0;
+  for (; r + R <= rows; r += R) product_tile<E, R>(x + r * ldx, ldx, K, w, bias, N, y + r * ldy, ldy, scale);
+  for (; r < rows; ++r) product_tile<E, 1>(x + r * ldx, ldx, K, w, bias, N, y + r * ldy, ldy, scale);
+}
+
+}  // namespace
+
+void layer_norm_rows(const float* x, int64_t ldx, int64_t rows, int D, const float* gamma, const float* beta, float* y,
+                     int64_t ldy) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * ldx;
+    float* yr = y + r * ldy;
+    vf s = splat(0.0f);
+    for (int c = 0; c < D; c += V) s += load(xr + c);
+    const float mean = hsum(s) / D;
+    vf q = splat(0.0f);
+    for (int c = 0; c < D; c += V) {
+      const vf d = load(xr + c) - mean;
+      q += d * d;
+    }
+    const float inv = 1.0f / __builtin_sqrtf(hsum(q) / D + 1e-5f);
+    for (int c = 0; c < D; c += V) store(yr + c, (load(xr + c) - mean) * inv * load(gamma + c) + load(beta + c));
+  }
+}
+
+void product_rows(int epilogue, const float* x, int64_t ldx, int64_t rows, int K, const float* w, const float* bias,
+                  int N, float* y, int64_t ldy, const float* scale) {
+  if (epilogue == kStore) {
+    product_rows_as<kStore>(x, ldx, rows, K, w, bias, N, y, ldy, scale);
+  } else if (epilogue == kGelu) {
+    product_rows_as<kGelu>(x, ldx, rows, K, w, bias, N, y, ldy, scale);
+  } else if (epilogue == kTanh) {
+    product_rows_as<kTanh>(x, ldx, rows, K, w, bias, N, y, ldy, scale);
+  } else {
+    product_rows_as<kResidual>(x, ldx, rows, K, w, bias, N, y, ldy, scale);
+  }
+}
+
+void attend_sequence(const float* qkv, int64_t ld, const Sequence& seq, int D, int heads, float softmax_scale,
+                     float* out, int64_t ldo, float* scratch) {
+  // Vectors run over the queries i (padded to Lp lanes); keys and values are broadcast one scalar at a time, so
+  // every loop is a plain vector FMA whatever the head width. scratch holds D * Lp (q, transposed and scaled),
+  // L * Lp (scores, transposed) and D * Lp (output, transposed) floats.
+  const int L = seq.length, Lp = (L + V - 1) / V * V, d = D / heads;
+  float* qT = scratch;
+  float* sT = qT + (int64_t)D * Lp;
+  float* oT = sT + (int64_t)L * Lp;
+  for (int c = 0; c < D; ++c)
+    for (int i = L; i < Lp; ++i) qT[c * Lp + i] = 0.0f;
+  for (int i = 0; i < L; ++i) {
+    const float* q = qkv + row_of(seq, i) * ld;
+    for (int c = 0; c < D; ++c) qT[c * Lp + i] = q[c] * softmax_scale;
+  }
+  for (int h = 0; h < heads; ++h) {
+    const int c0 = h * d;
+    for (int j = 0; j < L; ++j) {
+      const float* k = qkv + row_of(seq, j) * ld + D + c0;
+      for (int u = 0; u < Lp; u += V) {
+        vf s = splat(0.0f);
+        for (int c = 0; c < d; ++c) s += splat(k[c]) * load(qT + (c0 + c) * Lp + u);
+        store(sT + j * Lp + u, s);
+      }
+    }
+    for (int u = 0; u < Lp; u += V) {
+      vf m = load(sT + u);
+      for (int j = 1; j < L; ++j) m = vmax(m, load(sT + j * Lp + u));
+      vf z = splat(0.0f);
+      for (int j = 0; j < L; ++j) {
+        const vf e = vexp(load(sT + j * Lp + u) - m);
+        store(sT + j * Lp + u, e);
+        z += e;
+      }
+      const vf inv = 1.0f / z;
+      for (int c = 0; c < d; ++c) {
+        vf acc = splat(0.0f);
+        for (int j = 0; j < L; ++j) acc += splat(qkv[row_of(seq, j) * ld + 2 * D + c0 + c]) * load(sT + j * Lp + u);
+        store(oT + (c0 + c) * Lp + u, acc * inv);
+      }
+    }
+  }
+  for (int i = 0; i < L; ++i) {
+    float* o = out + row_of(seq, i) * ldo;
+    for (int c = 0; c < D; ++c) o[c] = oT[c * Lp + i];
+  }
+}
+
+void graph_sequence(const float* nodes, const float* uv, const Sequence& seq, int D, const float* adjacency,
+                    int neighbours, const float* bn_scale, const float* bn_shift, const float* layer_scale, float* x,
+                    float* scratch) {
+  // out_i = relu(n_i + bn_i(sum_j A_ij V_j + U_i)); x_i += layer_scale * out_i. A is the fixed normalised graph, or
+  // (adjacency == nullptr) the similarity graph: j is i's neighbour when <n_i, n_j> reaches the row's k-th largest
+  // value (ties included, as top-k's threshold compares), normalised D^-1/2 A D^-1/2. scratch: L * L + L + (D + 1) * Lp floats.
+  const int L = seq.length;
+  const float* adj = adjacency;
+  if (adj == nullptr) {
+    float* a = scratch;
+    float* inv_sqrt_degree = scratch + L * L;
+    // Similarities row by row, vectors over j: the nodes go in transposed (D x Lp) once per sequence.
+    const int Lp = (L + V - 1) / V * V;
+    float* nT = inv_sqrt_degree + L;
+    float* row = nT + (int64_t)D * Lp;
+    for (int c = 0; c < D; ++c)
+      for (int j = L; j < Lp; ++j) nT[c * Lp + j] = 0.0f;
+    for (int j = 0; j < L; ++j) {
+      const float* nj = nodes + row_of(seq, j) * D;
+      for (int c = 0; c < D; ++c) nT[c * Lp + j] = nj[c];
+    }
+    for (int i = 0; i < L; ++i) {
+      const float* ni = nodes + row_of(seq, i) * D;
+      for (int u = 0; u < Lp; u += V) {
+        vf s = splat(0.0f);
+        for (int c = 0; c < D; ++c) s += splat(ni[c]) * load(nT + c * Lp + u);
+        store(row + u, s);
+      }
+      for (int j = 0; j < L; ++j) a[i * L + j] = row[j];
+    }
+    for (int i = 0; i < L; ++i) {
+      float top[64];  // the k largest so far, descending; neighbour counts are checked <= 64 by the caller
+      int count = 0;
+      for (int j = 0; j < L; ++j) {
+        const float value = a[i * L + j];
+        if (count == neighbours && !(value > top[count - 1])) continue;
+        int pos = count < neighbours ? count++ : count - 1;
+        while (pos > 0 && top[pos - 1] < value) {
+          top[pos] = top[pos - 1];
+          --pos;
+        }
+        top[pos] = value;
+      }
+      const float threshold = top[neighbours - 1];
+      float degree = 0.0f;
+      for (int j = 0; j < L; ++j) {
+        a[i * L + j] = a[i * L + j] >= threshold ? 1.0f : 0.0f;
+        degree += a[i * L + j];
+      }
+      inv_sqrt_degree[i] = 1.0f / __builtin_sqrtf(degree);
+    }
+    for (int i = 0; i < L; ++i)
+      for (int j = 0; j < L; ++j) a[i * L + j] *= inv_sqrt_degree[i] * inv_sqrt_degree[j];
+    adj = a;
+  }
+  for (int i = 0; i < L; ++i) {
+    const int64_t ri = row_of(seq, i);
+    const float* u = uv + ri * 2 * D;
+    const float* n = nodes + ri * D;
+    float* xi = x + ri * D;
+    for (int c = 0; c < D; c += V) {
+      vf agg = splat(0.0f);
+      for (int j = 0; j < L; ++j) agg += splat(adj[i * L + j]) * load(uv + row_of(seq, j) * 2 * D + D + c);
+      vf out = load(n + c) + (agg + load(u + c)) * bn_scale[i] + bn_shift[i];
+      out = vmax(out, splat(0.0f));
+      store(xi + c, load(xi + c) + load(layer_scale + c) * out);
+    }
+  }
+}
+
+void fuse_rows(const float* const* branches, int n_branches, int64_t rows, int D, const float* weight,
+               const float* bias, float* out) {
+  // Adaptive fusion: softmax over branches of Linear(concat(branches)), then the weighted sum; weight == nullptr
+  // means the plain mean (use_adaptive_fusion off).
+  for (int64_t r = 0; r < rows; ++r) {
+    float mix[3];
+    if (weight != nullptr) {
+      float logit[3], largest = -3.0e38f;
+      for (int k = 0; k < n_branches; ++k) {
+        vf s = splat(0.0f);
+        for (int b = 0; b < n_branches; ++b)
+          for (int c = 0; c < D; c += V)
+            s += load(branches[b] + r * D + c) * load(weight + (int64_t)k * n_branches * D + b * D + c);
+        logit[k] = hsum(s) + bias[k];
+        largest = logit[k] > largest ? logit[k] : largest;
+      }
+      float total = 0.0f;
+      for (int k = 0; k < n_branches; ++k) total += (mix[k] = __builtin_expf(logit[k] - largest));
+      for (int k = 0; k < n_branches; ++k) mix[k] /= total;
+    } else {
+      for (int k = 0; k < n_branches; ++k) mix[k] = 1.0f / n_branches;
+    }
+    for (int c = 0; c < D; c += V) {
+      vf acc = load(branches[0] + r * D + c) * mix[0];
+      for (int b = 1; b < n_branches; ++b) acc += load(branches[b] + r * D + c) * mix[b];
+      store(out + r * D + c, acc);
+    }
+  }
+}
+
+}  // namespace KASF_NS
+}  // namespace kasf_cpu

@@ -1,0 +1,42 @@
+// Declarations of the CPU kernels of the transformer blocks (cpu_blocks_kernels.h), one set per instruction set.
+//
+// Layouts: token rows, row r = (b * n_frames + t) * n_joints + j, channels contiguous. A Sequence is the rows one
+// attention or graph mixer works over: a frame's joints (spatial: base b*T*J + t*J, step 1, length J) or a joint's
+// frames (temporal: base b*T*J + j, step J, length T). Products take W stored (K, N) row-major (the transpose of
+// nn.Linear's weight) and N a multiple of the vector width; D (the feature width) a multiple of 16.
+#pragma once
+
+#include <stdint.h>
+
+namespace kasf_cpu {
+
+// y = xW+b; y = gelu(xW+b); y += scale * (xW+b); y = tanh(xW+b)
+enum Epilogue { kStore = 0, kGelu = 1, kResidual = 2, kTanh = 3 };
+
+struct Sequence {
+  int64_t base;
+  int64_t step;
+  int length;
+};
+
+#define KASF_DECLARE_CPU_KERNELS(NS)                                                                                  \
+  namespace NS {                                                                                                      \
+  bool supported();                                                                                                   \
+  void layer_norm_rows(const float* x, int64_t ldx, int64_t rows, int D, const float* gamma, const float* beta,       \
+                       float* y, int64_t ldy);                                                                        \
+  void product_rows(int epilogue, const float* x, int64_t ldx, int64_t rows, int K, const float* w,                  \
+                    const float* bias, int N, float* y, int64_t ldy, const float* scale);                             \
+  void attend_sequence(const float* qkv, int64_t ld, const Sequence& seq, int D, int heads, float softmax_scale,      \
+                       float* out, int64_t ldo, float* scratch);                                                      \
+  void graph_sequence(const float* nodes, const float* uv, const Sequence& seq, int D, const float* adjacency,       \
+                      int neighbours, const float* bn_scale, const float* bn_shift, const float* layer_scale,         \
+                      float* x, float* scratch);                                                                      \
+  void fuse_rows(const float* const* branches, int n_branches, int64_t rows, int D, const float* weight,             \
+                 const float* bias, float* out);                                                                      \
+  }
+
+KASF_DECLARE_CPU_KERNELS(avx512)
+KASF_DECLARE_CPU_KERNELS(avx2)
+KASF_DECLARE_CPU_KERNELS(generic)
+
+}  // namespace kasf_cpu

@@ -1,0 +1,162 @@
+"""The ``native`` CPU inference path: a whole forward in one call of the C++ operator ``kasf::lift_cpu``.
+
+Why: a demo-size window is ~5,000 small operations, and on a CPU eager PyTorch, ONNX Runtime and the compilers spend
+most of it dispatching them (docs/cpu_inference.md). The operator (cpp_ext/cpu_blocks.cpp) runs each module as
+three passes over the tokens with kernels for the machine's vector width, and the input normalisation, anatomy
+features, embeddings and head around them. It takes the model's own weights; the tests hold it to the model's
+other inference paths.
+
+The weights are packed once into the operator's flat list and packed again whenever a weight changes (its tensor
+version moves, or it is replaced), so a loaded model can be fine-tuned and lifted in turn.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from kasf.model.kasportsformer import KASportsFormer
+
+# The operator's int[] config, in this order (cpp_ext/cpu_blocks.cpp, ConfigIndex).
+CONFIG_KEYS = ("n_layers", "dim_feat", "num_heads", "mlp_hidden", "n_frames", "num_joints", "use_anatomy",
+               "use_adaptive_fusion", "use_temporal_similarity", "neighbour_num", "dim_rep", "dim_out",
+               "input_norm_index", "root_joint", "limb_hidden")
+
+
+def unavailable_reason(model: "KASportsFormer") -> str | None:
+    """Why this model cannot take the native path here, or None when it can."""
+    from kasf.anatomy_op.native import load
+
+    loaded, reason = load()
+    if not loaded:
+        return f"the native CPU path needs the kasf._C extension: {reason}"
+    if not hasattr(torch.ops.kasf, "lift_cpu"):
+        return "the loaded kasf._C predates kasf::lift_cpu; reinstall kasf to rebuild it"
+    config = model.config
+    if config["act_layer"] != "gelu":
+        return f"the native CPU path implements GELU MLPs; this model uses {config['act_layer']!r}"
+    hidden = int(config["dim_feat"] * config["mlp_ratio"])
+    if config["dim_feat"] % 16 or hidden % 16 or config["dim_rep"] % 16:
+        return (f"the native CPU path needs dim_feat, dim_rep and the MLP width in multiples of 16; this model has "
+                f"{config['dim_feat']}, {config['dim_rep']} and {hidden}")
+    if config["use_temporal_similarity"] and config["neighbour_num"] > 64:
+        return f"the native CPU path takes neighbour_num <= 64, this model has {config['neighbour_num']}"
+    return None
+
+
+def _t(weight: torch.Tensor) -> torch.Tensor:
+    """nn.Linear's (out, in) weight as the (in, out) rows the operator's products read."""
+    return weight.detach().t().contiguous().float()
+
+
+def _vec(t: torch.Tensor | None, size: int) -> torch.Tensor:
+    return torch.zeros(size) if t is None else t.detach().contiguous().float()
+
+
+def _pad_columns(t: torch.Tensor) -> torch.Tensor:
+    """Zero columns up to a multiple of 16: the operator's products write whole vectors."""
+    t = t.detach().float()
+    width = -(-t.shape[-1] // 16) * 16
+    return torch.nn.functional.pad(t, (0, width - t.shape[-1])).contiguous()
+
+
+def _pack_module(module: nn.Module, dim: int) -> list[torch.Tensor]:
+    """One FormerModule in cpu_blocks.cpp's take_module order."""
+    mixer = module.mixer
+    packed = [_vec(module.norm1.weight, dim), _vec(module.norm1.bias, dim)]
+    if module.mixer_type == "bone":
+        packed += [_vec(module.norm1_limb.weight, dim), _vec(module.norm1_limb.bias, dim),
+                   _t(mixer.qkv_q.weight), _vec(mixer.qkv_q.bias, dim),
+                   _t(mixer.qkv_kv.weight), _vec(mixer.qkv_kv.bias, 2 * dim)]
+    elif module.mixer_type == "attention":
+        packed += [_t(mixer.qkv.weight), _vec(mixer.qkv.bias, 3 * dim)]
+    else:
+        bn = mixer.batch_norm
+        scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+        packed += [torch.cat([_t(mixer.U.weight), _t(mixer.V.weight)], dim=1).contiguous(),
+                   torch.cat([_vec(mixer.U.bias, dim), _vec(mixer.V.bias, dim)]),
+                   scale.float().contiguous(), (bn.bias.detach() - bn.running_mean * scale).float().contiguous(),
+                   torch.empty(0) if mixer.use_similarity else mixer.norm_adj.float().contiguous()]
+    if module.mixer_type != "graph":
+        packed += [_t(mixer.proj.weight), _vec(mixer.proj.bias, dim)]
+    packed += [_vec(module.norm2.weight, dim), _vec(module.norm2.bias, dim),
+               _t(module.mlp.fc1.weight), _vec(module.mlp.fc1.bias, module.mlp.fc1.out_features),
+               _t(module.mlp.fc2.weight), _vec(module.mlp.fc2.bias, dim)]
+    if module.use_layer_scale:
+        packed += [_vec(module.layer_scale_1, dim), _vec(module.layer_scale_2, dim)]
+    else:
+        packed += [torch.ones(dim), torch.ones(dim)]
+    return packed
+
+
+def pack_lifter(model: "KASportsFormer") -> tuple[list[torch.Tensor], list[int]]:
+    """(weights, config) for kasf::lift_cpu. The weight list, in order: joints_embed (weight^T, bias, pos_embed);
+    with anatomy bone_embed and limb_embed likewise, then the Limb Fuser's two packed products (the second padded
+    to 64 columns); per block the attention, graph and (with anatomy) bone modules, spatial before temporal, then
+    the fusion's weight and bias (empty without adaptive fusion); the head: norm, rep_logit.fc (weight^T, bias),
+    head (weight^T and bias padded to 16 columns)."""
+    from kasf.model.input_norm import INPUT_NORMS
+    from kasf import skeleton
+
+    config = model.config
+    dim = int(config["dim_feat"])
+    weights: list[torch.Tensor] = []
+    with torch.no_grad():
+        weights += [_t(model.joints_embed.weight), _vec(model.joints_embed.bias, dim), _vec(model.pos_embed, 0)[0]]
+        limb_hidden = 0
+        if model.use_anatomy:
+            w1, b1, w2, b2 = model.bone_refusion._pack()
+            limb_hidden = w1.shape[1]
+            weights += [_t(model.bone_embed.weight), _vec(model.bone_embed.bias, dim), _vec(model.bone_pos_embed, 0)[0],
+                        _t(model.limb_embed.weight), _vec(model.limb_embed.bias, dim), _vec(model.limb_pos_embed, 0)[0],
+                        w1.detach().float().contiguous(), b1.detach().float().contiguous(), _pad_columns(w2),
+                        _pad_columns(b2)]
+        for block in model.blocks:
+            names = ["att_spatial", "att_temporal", "graph_spatial", "graph_temporal"]
+            if block.use_anatomy:
+                names += ["bone_spatial", "bone_temporal"]
+            for name in names:
+                weights += _pack_module(getattr(block, name), dim)
+            if block.use_adaptive_fusion:
+                fusion = block.fusion_three_channel if block.use_anatomy else block.fusion
+                weights += [_vec(fusion.weight, 0).reshape(-1), _vec(fusion.bias, fusion.out_features)]
+            else:
+                weights += [torch.empty(0), torch.empty(0)]
+        weights += [_vec(model.norm.weight, dim), _vec(model.norm.bias, dim), _t(model.rep_logit.fc.weight),
+                    _vec(model.rep_logit.fc.bias, 0), _pad_columns(model.head.weight.t()), _pad_columns(model.head.bias)]
+    values: dict[str, Any] = {**config, "mlp_hidden": int(dim * config["mlp_ratio"]),
+                              "input_norm_index": INPUT_NORMS.index(model.input_norm),
+                              "root_joint": skeleton.ROOT_JOINT, "limb_hidden": limb_hidden}
+    return weights, [int(values[key]) for key in CONFIG_KEYS]
+
+
+class NativeLifter:
+    """One model's forward as a callable window -> output, with the packed weights cached.
+
+    The cache is checked against the version counters of the tensors it was packed from (an optimizer step or a
+    load_state_dict moves them): ~30 us a call where walking the module tree took ~1 ms. Replacing a parameter
+    object (not its values) is not seen; call set_inference_path('native') again after that.
+    """
+
+    def __init__(self, model: "KASportsFormer") -> None:
+        reason = unavailable_reason(model)
+        if reason:
+            raise RuntimeError(reason)
+        self._model = [model]  # a list: not registered as a submodule of the model that holds this object
+        self._sources: list[torch.Tensor] = []
+        self._versions: list[int] = []
+        self._packed: tuple[list[torch.Tensor], list[int]] | None = None
+
+    def _current(self) -> tuple[list[torch.Tensor], list[int]]:
+        if self._packed is None or [t._version for t in self._sources] != self._versions:
+            self._sources = list(self._model[0].parameters()) + list(self._model[0].buffers())
+            self._packed = pack_lifter(self._model[0])
+            self._versions = [t._version for t in self._sources]
+        return self._packed
+
+    def __call__(self, window: torch.Tensor) -> torch.Tensor:
+        weights, config = self._current()
+        return torch.ops.kasf.lift_cpu(window.contiguous(), weights, config)

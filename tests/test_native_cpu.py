@@ -1,0 +1,196 @@
+"""The native CPU path (kasf::lift_cpu, inference path 'native'): the model's function, on every kernel set."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from kasf.export.parity import check_parity
+from kasf.export.windows import load_real_windows
+from kasf.model.native_cpu import CONFIG_KEYS, pack_lifter
+from kasf.model.presets import PRESETS, build
+from tests.conftest import perturbed_model, require_native_op
+
+
+@pytest.fixture(autouse=True)
+def _native() -> None:
+    require_native_op()
+
+
+def _windows(batch: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 27, 17, 3, generator=g)
+    x[..., 2] = torch.rand(batch, 27, 17, generator=g)
+    return x
+
+
+def _both(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.no_grad():
+        reference = model.set_inference_path("reference")(x)
+        native = model.set_inference_path("native")(x)
+    model.set_inference_path("reference")
+    return reference, native
+
+
+# Every switch the operator reads: anatomy on and off, the input normalisations, fusion, the temporal graph's two
+# kinds, layer scales, qkv bias, a wider model with 8 heads, batch 0 to 3.
+CASES = {
+    "kasportsformer-t": dict(preset="kasportsformer-t"),
+    "motionagformer-t": dict(preset="motionagformer-t"),
+    "xs-frame-norm": dict(preset="kasportsformer-xs", input_norm="frame"),
+    "window-norm-mean-fusion": dict(preset="kasportsformer-t", input_norm="window", use_adaptive_fusion=False),
+    "chain-graph-no-scale-bias": dict(preset="kasportsformer-t", use_temporal_similarity=False,
+                                      use_layer_scale=False, qkv_bias=True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_native_path_is_the_model(case: str) -> None:
+    """Random Gaussian windows keep the temporal graph's similarities apart (no near-ties), so every output
+    agrees to rounding; a wrong channel, head or neighbour would move it by ~1e-1."""
+    options = dict(CASES[case])
+    model = perturbed_model(options.pop("preset"), **options)
+    for batch in (1, 3):
+        reference, native = _both(model, _windows(batch, seed=batch))
+        assert native.shape == reference.shape
+        assert (native - reference).abs().max().item() < 2e-5
+
+
+def test_empty_batch() -> None:
+    model = perturbed_model("kasportsformer-t")
+    reference, native = _both(model, _windows(0))
+    assert native.shape == reference.shape == (0, 27, 17, 3)
+
+
+def test_demo_checkpoint_keeps_fp32_parity() -> None:
+    """kasf-export's fp32 rule on the bundled sample's real windows (MPJPE within 0.1 mm, mean error within 10x
+    PyTorch's own fp32 rounding)."""
+    import kasf
+
+    model = kasf.load_checkpoint("demo").eval()
+    native = copy.deepcopy(model).set_inference_path("native")
+
+    def run(m: torch.nn.Module, dtype: torch.dtype = torch.float32):
+        def predict(x: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return m(torch.from_numpy(x).to(dtype)).double().numpy()
+        return predict
+
+    report = check_parity(run(model), run(native), "demo", "native", "fp32", 27, load_real_windows(27),
+                          run(copy.deepcopy(model).double(), torch.float64))
+    assert report.passed, report.summary()
+
+
+KERNEL_SCRIPT = """
+import torch
+from tests.conftest import perturbed_model
+m = perturbed_model("kasportsformer-t")
+x = torch.randn(2, 27, 17, 3, generator=torch.Generator().manual_seed(1))
+with torch.no_grad():
+    a = m.set_inference_path("reference")(x)
+    b = m.set_inference_path("native")(x)
+print(torch.ops.kasf.lift_cpu_kernels(), float((a - b).abs().max()))
+"""
+
+
+def _proc_cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+@pytest.mark.parametrize("kernels", ["avx512", "avx2", "generic"])
+def test_every_kernel_set_is_the_model(kernels: str) -> None:
+    """The three instruction-set builds of the kernels (cpu_blocks_*.cpp), each forced with KASF_CPU_KERNELS."""
+    needs = {"avx512": {"avx512f", "avx512vl", "avx512dq", "avx512bw"}, "avx2": {"avx2", "fma"}, "generic": set()}
+    missing = needs[kernels] - _proc_cpu_flags()
+    if missing:
+        pytest.skip(f"this CPU lacks {sorted(missing)} for the {kernels} kernels")
+    done = subprocess.run([sys.executable, "-c", KERNEL_SCRIPT], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "KASF_CPU_KERNELS": kernels},
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr[-2000:]
+    name, error = done.stdout.split()
+    assert name == kernels and float(error) < 2e-5
+
+
+def test_unknown_kernel_set_is_refused() -> None:
+    done = subprocess.run([sys.executable, "-c", KERNEL_SCRIPT], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "KASF_CPU_KERNELS": "avx9"},
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode != 0 and "KASF_CPU_KERNELS must be avx512, avx2 or generic" in done.stderr
+
+
+def test_weights_changed_after_loading_are_picked_up() -> None:
+    """The packed weights follow in-place updates (an optimizer step, load_state_dict)."""
+    model = perturbed_model("kasportsformer-t")
+    x = _windows(1)
+    model.set_inference_path("native")
+    with torch.no_grad():
+        before = model(x)
+        model.head.bias.add_(1.0)
+        model.blocks[0].att_spatial.mlp.fc1.weight.mul_(1.5)
+        after = model(x)
+        expected = copy.deepcopy(model).set_inference_path("reference")(x)
+    assert (after - before).abs().max() > 0.5
+    assert (after - expected).abs().max() < 2e-5
+
+
+def test_training_gradients_and_other_devices_are_refused() -> None:
+    model = perturbed_model("kasportsformer-t").set_inference_path("native")
+    x = _windows(1)
+    with pytest.raises(ValueError, match="no backward"):
+        model(x)  # gradients enabled
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="float32 on the CPU"):
+            model(x.double())
+        model.train()
+        with pytest.raises(ValueError, match="eval mode"):
+            model(x)
+        model.eval()
+        with pytest.raises(ValueError, match=r"expects input of shape \(batch, 27, 17, 3\)"):
+            model(x[:, :26])
+
+
+def test_models_it_cannot_run_are_refused_by_name() -> None:
+    model = build({**PRESETS["kasportsformer-t"], "act_layer": "relu"}).eval()
+    with pytest.raises(ValueError, match="GELU"):
+        model.set_inference_path("native")
+    model = build({**PRESETS["kasportsformer-t"], "dim_feat": 24, "num_heads": 4}).eval()
+    with pytest.raises(ValueError, match="multiples of 16"):
+        model.set_inference_path("native")
+
+
+def test_operator_checks_its_weights_and_config() -> None:
+    model = perturbed_model("kasportsformer-t")
+    weights, config = pack_lifter(model)
+    x = _windows(1)
+    with pytest.raises(RuntimeError, match="weight list ended"):
+        torch.ops.kasf.lift_cpu(x, weights[:-1], config)
+    with pytest.raises(RuntimeError, match="left over"):
+        torch.ops.kasf.lift_cpu(x, weights + [torch.zeros(1)], config)
+    wrong = list(weights)
+    wrong[0] = torch.zeros(5)
+    with pytest.raises(RuntimeError, match=r"joints_embed.weight\^T\) has 5 values"):
+        torch.ops.kasf.lift_cpu(x, wrong, config)
+    with pytest.raises(RuntimeError, match="config needs"):
+        torch.ops.kasf.lift_cpu(x, weights, config[:-1])
+    with pytest.raises(RuntimeError, match="the model takes"):
+        torch.ops.kasf.lift_cpu(x[:, :9], weights, config)
+
+
+def test_opcheck() -> None:
+    """Schema, fake (shape) kernel and dispatch of the operator agree (torch.library.opcheck)."""
+    model = perturbed_model("kasportsformer-t", n_layers=1)
+    weights, config = pack_lifter(model)
+    assert len(config) == len(CONFIG_KEYS)
+    torch.library.opcheck(torch.ops.kasf.lift_cpu.default, (_windows(2), weights, config),
+                          test_utils=("test_schema", "test_faketensor"))
