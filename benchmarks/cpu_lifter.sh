@@ -9,19 +9,23 @@ cd "$(dirname "$0")/.."
 THREADS="${THREADS:-$(nproc)}"
 R="${RESULTS:-benchmarks/results}"
 kasf-bench --presets kasportsformer-t --threads "$THREADS" \
-  --backends eager-reference,eager-fused,compile,bf16,cpu-auto,ort-fp32,ort-int8,ort-cpu-fp32,ort-cpu-int8 --batches 1 \
+  --backends eager-reference,eager-fused,native,compile,bf16,cpu-auto,ort-fp32,ort-int8,ort-cpu-fp32,ort-cpu-int8 \
+  --batches 1 \
   --min-time "${MIN_TIME:-3}" --warmup 5 --json $R/cpu_lifter_demo.json --markdown $R/cpu_lifter_demo.md
 if [ "${SKIP_FULL:-0}" != 1 ]; then
   kasf-bench --presets kasportsformer --threads "$THREADS" \
-    --backends eager-reference,bf16,cpu-auto,ort-cpu-fp32,ort-cpu-int8 --batches 1 --min-time "${MIN_TIME:-5}" --warmup 2 \
+    --backends eager-reference,native,bf16,cpu-auto,ort-cpu-fp32,ort-cpu-int8 --batches 1 --min-time "${MIN_TIME:-5}" --warmup 2 \
     --json $R/cpu_lifter_full.json --markdown $R/cpu_lifter_full.md
 fi
-# kasf-stream: eager PyTorch and the demo's ONNX Runtime CPU graphs (fp32, int8), one session and one per core
+# kasf-stream: eager PyTorch (reference forward), the native CPU forward (kasf::lift_cpu, intra-op threads over
+# the tokens), and the demo's ONNX Runtime CPU graphs (fp32, int8), one session and one per core
 ONNX_DIR="$(mktemp -d)"
 python -c "import sys; from pathlib import Path; from kasf.bench import onnx_for; from kasf.checkpoint import \
 resolve_checkpoint_path as r; [onnx_for(r('demo'), Path(sys.argv[1]), int8=q, cpu_graph=True, attention=a) \
 for q in (0, 1) for a in ('contrib', 'standard')]" "$ONNX_DIR"
 python benchmarks/stream_bench.py --model demo --threads "$THREADS" --frames 300 --seconds 20 --json $R/stream_cpu_demo.json
+python benchmarks/stream_bench.py --model demo --inference-path native --threads "$THREADS" --frames 300 --seconds 20 \
+  --json $R/stream_cpu_demo_native.json
 python benchmarks/stream_bench.py --model "$ONNX_DIR/demo.cpu.onnx" --threads "$THREADS" --frames 300 --seconds 0 \
   --json $R/stream_cpu_demo_ort_cpu.json
 python benchmarks/stream_bench.py --model "$ONNX_DIR/demo.cpu.int8.onnx" --threads "$THREADS" --frames 300 --seconds 0 \
@@ -32,7 +36,8 @@ python benchmarks/stream_bench.py --model "$ONNX_DIR/demo.cpu.standard.onnx" --t
   --frames 300 --seconds 0 --json $R/stream_cpu_demo_ort_cpu_workers.json
 python benchmarks/stream_bench.py --model "$ONNX_DIR/demo.cpu.standard.int8.onnx" --threads "$THREADS" \
   --workers "$THREADS" --frames 300 --seconds 0 --json $R/stream_cpu_demo_ort_cpu_int8_workers.json
-python benchmarks/stream_bench.py --table $R/stream_cpu_demo.json $R/stream_cpu_demo_ort_cpu.json \
+python benchmarks/stream_bench.py --table $R/stream_cpu_demo.json $R/stream_cpu_demo_native.json \
+  $R/stream_cpu_demo_ort_cpu.json \
   $R/stream_cpu_demo_ort_cpu_int8.json $R/stream_cpu_demo_ort_cpu_workers.json \
   $R/stream_cpu_demo_ort_cpu_int8_workers.json > $R/stream_cpu.md
 rm -rf "$ONNX_DIR"

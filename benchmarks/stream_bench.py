@@ -87,7 +87,8 @@ def table(paths: list[str]) -> str:
         for run in r["runs"]:
             lift = run["stages"]["lift"]
             workers = f", {r['workers']} sessions" if r.get("workers", 1) > 1 else ""
-            backend = f"{r.get('backend', '?')}, {r.get('precision', '?')}{workers}"
+            path = f" {r['inference_path']}" if r.get("inference_path") not in (None, "reference") else ""
+            backend = f"{r.get('backend', '?')}{path}, {r.get('precision', '?')}{workers}"
             rows.append(f"| `{os.path.basename(r['model'])}` | {backend} | "
                         f"{run['people']} | {run['poses_per_s']:.1f} | {run['frames_per_s']:.1f} | {lift['p50_ms']:.2f} | "
                         f"{lift['p95_ms']:.2f} | {load} |")
@@ -107,6 +108,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--model", default="demo")
     p.add_argument("--threads", type=int, default=1, help="PyTorch and ONNX Runtime intra-op threads")
     p.add_argument("--precision", help="as Lifter.load takes it: fp32, bf16, auto (checkpoints on the CPU)")
+    p.add_argument("--inference-path", default="reference", choices=("reference", "fused", "native", "auto"),
+                   help="for a checkpoint: which forward (kasf-stream's default is auto)")
     p.add_argument("--workers", type=int, default=1,
                    help="ONNX Runtime: split each frame's batch over this many single-threaded sessions")
     p.add_argument("--frames", type=int, default=600, help="frames per throughput run")
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from kasf.runtime.lifter import Lifter
 
     lifter = Lifter.load(args.model, device="cpu", precision=args.precision, threads=args.threads,
-                         workers=args.workers)
+                         workers=args.workers, inference_path=args.inference_path)
     lifter.predict(np.zeros((4, lifter.n_frames, 17, 3), np.float32))  # warm-up
     results: dict[str, Any] = {
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "cpu_flags": cpu_flags(),
@@ -131,7 +134,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "versions": {"torch": torch.__version__, "numpy": np.__version__,
                      "onnxruntime": _version("onnxruntime")},
         "model": args.model, "preset": lifter.metadata.get("preset"), "backend": lifter.backend,
-        "precision": lifter.precision, "choice": lifter.choice, "workers": args.workers, "runs": []}
+        "precision": lifter.precision, "choice": lifter.choice, "workers": args.workers,
+        "inference_path": lifter.metadata.get("inference_path"), "runs": []}
     for people in (1, 4):
         results["runs"].append(one_run(lifter, people, args.frames))
         r = results["runs"][-1]

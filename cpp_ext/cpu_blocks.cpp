@@ -112,8 +112,11 @@ struct Workspace {
   Workspace(const Shape& s, int threads) {
     const int64_t longest = s.frames > s.joints ? s.frames : s.joints;
     const int64_t padded = (longest + 15) / 16 * 16;
-    per_thread = kChunk * (s.D + s.hidden) + 2 * s.D * padded + longest * padded + longest * longest + longest +
-                 (s.D + 1) * padded;
+    // the larger of: attention (q, scores, output transposed) and the graph (adjacency, degrees, nodes and
+    // similarities transposed, the gathered V rows and their aggregate)
+    const int64_t attention = 2 * s.D * padded + longest * padded;
+    const int64_t graph = longest * longest + longest + (s.D + longest) * padded + 2 * longest * s.D;
+    per_thread = kChunk * (s.D + s.hidden) + (attention > graph ? attention : graph);
     scratch = at::empty({threads, per_thread}, at::kFloat);
     normed = at::empty({s.rows, s.D}, at::kFloat);
     packed = at::empty({s.rows, 3 * s.D}, at::kFloat);
@@ -347,6 +350,8 @@ at::Tensor lift_cpu(const at::Tensor& window, at::TensorList weights, at::IntArr
   TORCH_CHECK(s.D % 16 == 0 && s.hidden % 16 == 0 && rep % 16 == 0 && s.heads > 0 && s.D % s.heads == 0,
               "kasf::lift_cpu: needs dim_feat, dim_rep and the MLP width multiples of 16 and heads dividing dim_feat; "
               "got dim_feat ", s.D, ", dim_rep ", rep, ", hidden ", s.hidden, ", heads ", s.heads);
+  TORCH_CHECK(s.frames <= 256 && s.joints <= 256 && s.D / s.heads <= 256,
+              "kasf::lift_cpu: sequences of at most 256 frames or joints, got ", s.frames, " and ", s.joints);
   TORCH_CHECK(!s.similarity || (s.neighbours >= 1 && s.neighbours <= 64 && s.neighbours <= s.frames),
               "kasf::lift_cpu: neighbour_num must be in [1, min(64, n_frames)], got ", s.neighbours);
   TORCH_CHECK(config[kInputNorm] >= kNormNone && config[kInputNorm] <= kNormWindow && config[kRoot] >= 0 &&

@@ -10,6 +10,9 @@
 // cpu_blocks_kernels_api.h, with the layouts described there.
 
 #include <stdint.h>
+#if KASF_VLEN >= 8
+#include <immintrin.h>  // only the reciprocal estimate (always-inline intrinsics: no out-of-line copies to share)
+#endif
 
 #include "cpu_blocks_kernels_api.h"
 
@@ -65,6 +68,22 @@ inline float hsum(vf v) {
 inline vf vmax(vf a, vf b) { return a > b ? a : b; }
 inline int64_t row_of(const Sequence& seq, int i) { return seq.base + i * seq.step; }
 
+// 1 / x for x >= 1 (GELU's polynomial, tanh's 1 + exp): the hardware's approximate reciprocal and one Newton step
+// (relative error ~1e-7) where there is one; a division costs ~10 cycles a vector.
+inline vf reciprocal(vf x) {
+#if KASF_VLEN == 16
+  const vf r = (vf)_mm512_maskz_rcp14_ps(0xFFFF, (__m512)x);  // maskz: GCC 12 warns on the unmasked form
+#elif KASF_VLEN == 8
+  const vf r = (vf)_mm256_rcp_ps((__m256)x);
+#else
+  const vf r = 1.0f / x;
+  return r;
+#endif
+#if KASF_VLEN >= 8
+  return r * (2.0f - x * r);
+#endif
+}
+
 // exp(x) for x <= 88 (Cephes' range reduction and polynomial; within 2 ulp of expf, never inf or a denormal).
 inline vf vexp(vf x) {
   x = vmax(x, splat(-87.0f));
@@ -84,24 +103,26 @@ inline vf vexp(vf x) {
   return p * (vf)((e + 127) << 23);
 }
 
-// The exact (erf) GELU, 0.5 x (1 + erf(x / sqrt 2)), through erfc with a fractional error below 1.2e-7 (Numerical
-// Recipes' Chebyshev fit): 1 + erf(z) is 2 - erfc(z) for z >= 0 and erfc(-z) below, so no cancellation near 0.
+// The exact (erf) GELU, 0.5 x (1 + erf(x / sqrt 2)), with erf from Abramowitz & Stegun 7.1.28: for z >= 0,
+// erfc(z) = 1 / (1 + a1 z + ... + a6 z^6)^16, absolute error <= 3e-7; 1 + erf(z) is 2 - erfc(z) for z >= 0 and
+// erfc(-z) below, so no cancellation for negative inputs. Polynomial, powers and a reciprocal: no exp, ~20 vector
+// operations, what made the MLPs' GELU the largest cost of a window otherwise.
 inline vf vgelu(vf x) {
-  vf z = x * 0.70710678118654752f;
-  vf a = z < 0.0f ? -z : z;
-  vf t = 1.0f / (1.0f + 0.5f * a);
-  vf p = splat(0.17087277f);
-  p = p * t - 0.82215223f;
-  p = p * t + 1.48851587f;
-  p = p * t - 1.13520398f;
-  p = p * t + 0.27886807f;
-  p = p * t - 0.18628806f;
-  p = p * t + 0.09678418f;
-  p = p * t + 0.37409196f;
-  p = p * t + 1.00002368f;
-  p = p * t - 1.26551223f;
-  vf erfc = t * vexp(p - a * a);
-  vf one_plus_erf = z >= 0.0f ? 2.0f - erfc : erfc;
+  const vf z = x * 0.70710678118654752f;
+  const vf a = z < 0.0f ? -z : z;
+  vf p = splat(4.30638e-5f);
+  p = p * a + 2.765672e-4f;
+  p = p * a + 1.520143e-4f;
+  p = p * a + 9.2705272e-3f;
+  p = p * a + 4.22820123e-2f;
+  p = p * a + 7.05230784e-2f;
+  p = p * a + 1.0f;
+  p = p * p;
+  p = p * p;
+  p = p * p;
+  p = p * p;
+  const vf erfc = reciprocal(p);
+  const vf one_plus_erf = z >= 0.0f ? 2.0f - erfc : erfc;
   return 0.5f * x * one_plus_erf;
 }
 
@@ -109,7 +130,7 @@ inline vf vgelu(vf x) {
 inline vf vtanh(vf x) {
   x = x < -9.0f ? splat(-9.0f) : x;
   x = x > 9.0f ? splat(9.0f) : x;
-  return 1.0f - 2.0f / (vexp(2.0f * x) + 1.0f);
+  return 1.0f - 2.0f * reciprocal(vexp(2.0f * x) + 1.0f);
 }
 
 // One tile of `rows` (<= R) output rows: y = epilogue(x W + bias), W stored (K, N) row-major, N a multiple of V.
@@ -202,15 +223,46 @@ void product_rows(int epilogue, const float* x, int64_t ldx, int64_t rows, int K
   }
 }
 
+namespace {
+
+// Blocked inner loops. Each keeps N independent accumulators: one FMA chain per accumulator would wait ~4 cycles
+// per step (the latency), N chains fill the FMA units. All "broadcast a scalar, multiply a vector" products.
+
+// out[n] (n < N) = sum_c a_n[c] * B[c] for vectors B[c] = b + c * ldb: the scalars of N rows against one vector
+// column. Rows a_n = a + n * lda.
+template <int N>
+inline void rows_times_column(const float* const* a, int K, const float* b, int64_t ldb, float* out, int64_t ldo) {
+  vf acc[N];
+  for (int n = 0; n < N; ++n) acc[n] = splat(0.0f);
+  for (int c = 0; c < K; ++c) {
+    const vf column = load(b + c * ldb);
+    for (int n = 0; n < N; ++n) acc[n] += splat(a[n][c]) * column;
+  }
+  for (int n = 0; n < N; ++n) store(out + n * ldo, acc[n]);
+}
+
+// The same for any count: blocks of 8, then 4, then single rows.
+inline void rows_times_column_any(const float* const* a, int rows, int K, const float* b, int64_t ldb, float* out,
+                                  int64_t ldo) {
+  int n = 0;
+  for (; n + 8 <= rows; n += 8) rows_times_column<8>(a + n, K, b, ldb, out + n * ldo, ldo);
+  for (; n + 4 <= rows; n += 4) rows_times_column<4>(a + n, K, b, ldb, out + n * ldo, ldo);
+  for (; n < rows; ++n) rows_times_column<1>(a + n, K, b, ldb, out + n * ldo, ldo);
+}
+
+}  // namespace
+
 void attend_sequence(const float* qkv, int64_t ld, const Sequence& seq, int D, int heads, float softmax_scale,
                      float* out, int64_t ldo, float* scratch) {
   // Vectors run over the queries i (padded to Lp lanes); keys and values are broadcast one scalar at a time, so
   // every loop is a plain vector FMA whatever the head width. scratch holds D * Lp (q, transposed and scaled),
-  // L * Lp (scores, transposed) and D * Lp (output, transposed) floats.
+  // L * Lp (scores, transposed) and D * Lp (output, transposed) floats. Sequences are at most 256 tokens long.
   const int L = seq.length, Lp = (L + V - 1) / V * V, d = D / heads;
   float* qT = scratch;
   float* sT = qT + (int64_t)D * Lp;
   float* oT = sT + (int64_t)L * Lp;
+  const float* keys[256];
+  const float* values_t[256];
   for (int c = 0; c < D; ++c)
     for (int i = L; i < Lp; ++i) qT[c * Lp + i] = 0.0f;
   for (int i = 0; i < L; ++i) {
@@ -219,28 +271,48 @@ void attend_sequence(const float* qkv, int64_t ld, const Sequence& seq, int D, i
   }
   for (int h = 0; h < heads; ++h) {
     const int c0 = h * d;
-    for (int j = 0; j < L; ++j) {
-      const float* k = qkv + row_of(seq, j) * ld + D + c0;
-      for (int u = 0; u < Lp; u += V) {
-        vf s = splat(0.0f);
-        for (int c = 0; c < d; ++c) s += splat(k[c]) * load(qT + (c0 + c) * Lp + u);
-        store(sT + j * Lp + u, s);
-      }
-    }
+    for (int j = 0; j < L; ++j) keys[j] = qkv + row_of(seq, j) * ld + D + c0;
+    // scores, transposed: sT[j][i] = <k_j, q_i> * scale
+    for (int u = 0; u < Lp; u += V) rows_times_column_any(keys, L, d, qT + c0 * Lp + u, Lp, sT + u, Lp);
+    // softmax over j for every query lane (unnormalised; 1 / sum folds into the output)
     for (int u = 0; u < Lp; u += V) {
-      vf m = load(sT + u);
-      for (int j = 1; j < L; ++j) m = vmax(m, load(sT + j * Lp + u));
-      vf z = splat(0.0f);
-      for (int j = 0; j < L; ++j) {
+      vf m0 = load(sT + u), m1 = m0;
+      int j = 1;
+      for (; j + 1 < L; j += 2) {
+        m0 = vmax(m0, load(sT + j * Lp + u));
+        m1 = vmax(m1, load(sT + (j + 1) * Lp + u));
+      }
+      if (j < L) m0 = vmax(m0, load(sT + j * Lp + u));
+      const vf m = vmax(m0, m1);
+      vf z0 = splat(0.0f), z1 = splat(0.0f);
+      for (j = 0; j + 1 < L; j += 2) {
+        const vf e0 = vexp(load(sT + j * Lp + u) - m), e1 = vexp(load(sT + (j + 1) * Lp + u) - m);
+        store(sT + j * Lp + u, e0);
+        store(sT + (j + 1) * Lp + u, e1);
+        z0 += e0;
+        z1 += e1;
+      }
+      if (j < L) {
         const vf e = vexp(load(sT + j * Lp + u) - m);
         store(sT + j * Lp + u, e);
-        z += e;
+        z0 += e;
       }
-      const vf inv = 1.0f / z;
-      for (int c = 0; c < d; ++c) {
-        vf acc = splat(0.0f);
-        for (int j = 0; j < L; ++j) acc += splat(qkv[row_of(seq, j) * ld + 2 * D + c0 + c]) * load(sT + j * Lp + u);
-        store(oT + (c0 + c) * Lp + u, acc * inv);
+      store(oT + c0 * Lp + u, 1.0f / (z0 + z1));  // kept in the output's first row until the products below
+    }
+    // outputs, transposed: oT[c][i] = sum_j v_j[c] p_ji, for the head's d channels at once (the values read as
+    // rows of their transpose: value channel c of token j is values_t[c][j])
+    float vT[256 * 16];
+    for (int cb = 0; cb < d; cb += 16) {
+      const int nc = d - cb < 16 ? d - cb : 16;
+      for (int j = 0; j < L; ++j) {
+        const float* v = qkv + row_of(seq, j) * ld + 2 * D + c0 + cb;
+        for (int c = 0; c < nc; ++c) vT[c * L + j] = v[c];
+      }
+      for (int c = 0; c < nc; ++c) values_t[c] = vT + c * L;
+      for (int u = 0; u < Lp; u += V) {
+        const vf inv = load(oT + c0 * Lp + u);
+        rows_times_column_any(values_t, nc, L, sT + u, Lp, oT + (c0 + cb) * Lp + u, Lp);
+        for (int c = 0; c < nc; ++c) store(oT + (c0 + cb + c) * Lp + u, load(oT + (c0 + cb + c) * Lp + u) * inv);
       }
     }
   }
@@ -255,7 +327,7 @@ void graph_sequence(const float* nodes, const float* uv, const Sequence& seq, in
                     float* scratch) {
   // out_i = relu(n_i + bn_i(sum_j A_ij V_j + U_i)); x_i += layer_scale * out_i. A is the fixed normalised graph, or
   // (adjacency == nullptr) the similarity graph: j is i's neighbour when <n_i, n_j> reaches the row's k-th largest
-  // value (ties included, as top-k's threshold compares), normalised D^-1/2 A D^-1/2. scratch: L * L + L + (D + 1) * Lp floats.
+  // value (ties included, as top-k's threshold compares), normalised D^-1/2 A D^-1/2. scratch: L * L + L + (D + L) * Lp + 2 * L * D floats.
   const int L = seq.length;
   const float* adj = adjacency;
   if (adj == nullptr) {
@@ -264,22 +336,18 @@ void graph_sequence(const float* nodes, const float* uv, const Sequence& seq, in
     // Similarities row by row, vectors over j: the nodes go in transposed (D x Lp) once per sequence.
     const int Lp = (L + V - 1) / V * V;
     float* nT = inv_sqrt_degree + L;
-    float* row = nT + (int64_t)D * Lp;
+    float* row = nT + (int64_t)D * Lp;  // L x Lp similarities
     for (int c = 0; c < D; ++c)
       for (int j = L; j < Lp; ++j) nT[c * Lp + j] = 0.0f;
     for (int j = 0; j < L; ++j) {
       const float* nj = nodes + row_of(seq, j) * D;
       for (int c = 0; c < D; ++c) nT[c * Lp + j] = nj[c];
     }
-    for (int i = 0; i < L; ++i) {
-      const float* ni = nodes + row_of(seq, i) * D;
-      for (int u = 0; u < Lp; u += V) {
-        vf s = splat(0.0f);
-        for (int c = 0; c < D; ++c) s += splat(ni[c]) * load(nT + c * Lp + u);
-        store(row + u, s);
-      }
-      for (int j = 0; j < L; ++j) a[i * L + j] = row[j];
-    }
+    const float* node_rows[256];
+    for (int i = 0; i < L; ++i) node_rows[i] = nodes + row_of(seq, i) * D;
+    for (int u = 0; u < Lp; u += V) rows_times_column_any(node_rows, L, D, nT + u, Lp, row + u, Lp);
+    for (int i = 0; i < L; ++i)
+      for (int j = 0; j < L; ++j) a[i * L + j] = row[i * Lp + j];
     for (int i = 0; i < L; ++i) {
       float top[64];  // the k largest so far, descending; neighbour counts are checked <= 64 by the caller
       int count = 0;
@@ -305,15 +373,23 @@ void graph_sequence(const float* nodes, const float* uv, const Sequence& seq, in
       for (int j = 0; j < L; ++j) a[i * L + j] *= inv_sqrt_degree[i] * inv_sqrt_degree[j];
     adj = a;
   }
+  // agg_i = sum_j A_ij V_j: the adjacency's rows against the V rows gathered into one (L, D) block
+  float* v_block = scratch + L * L + L + (int64_t)(D + L) * ((L + V - 1) / V * V);  // after the similarity's
+  float* agg = v_block + (int64_t)L * D;
+  for (int j = 0; j < L; ++j) {
+    const float* v = uv + row_of(seq, j) * 2 * D + D;
+    for (int c = 0; c < D; ++c) v_block[j * D + c] = v[c];
+  }
+  const float* adj_rows[256];
+  for (int i = 0; i < L; ++i) adj_rows[i] = adj + i * L;
+  for (int c = 0; c < D; c += V) rows_times_column_any(adj_rows, L, L, v_block + c, D, agg + c, D);
   for (int i = 0; i < L; ++i) {
     const int64_t ri = row_of(seq, i);
     const float* u = uv + ri * 2 * D;
     const float* n = nodes + ri * D;
     float* xi = x + ri * D;
     for (int c = 0; c < D; c += V) {
-      vf agg = splat(0.0f);
-      for (int j = 0; j < L; ++j) agg += splat(adj[i * L + j]) * load(uv + row_of(seq, j) * 2 * D + D + c);
-      vf out = load(n + c) + (agg + load(u + c)) * bn_scale[i] + bn_shift[i];
+      vf out = load(n + c) + (load(agg + i * D + c) + load(u + c)) * bn_scale[i] + bn_shift[i];
       out = vmax(out, splat(0.0f));
       store(xi + c, load(xi + c) + load(layer_scale + c) * out);
     }

@@ -27,8 +27,8 @@ from kasf.quiet import quiet_third_party
 
 BASELINE = "eager-reference"
 BACKENDS = ("eager-reference", "eager-fused", "compile", "compile-cudagraphs", "cudagraph", "cudagraph-fp16",
-            "cudagraph-bf16", "bf16", "fp16", "cpu-auto", "ort-fp32", "ort-int8", "ort-cpu-fp32", "ort-cpu-int8",
-            "trt-fp16", "trt-int8", "triton")
+            "cudagraph-bf16", "bf16", "fp16", "cpu-auto", "native", "ort-fp32", "ort-int8", "ort-cpu-fp32",
+            "ort-cpu-int8", "trt-fp16", "trt-int8", "triton")
 
 
 @dataclass
@@ -87,6 +87,11 @@ def _runner(backend: str, checkpoint: Path, workdir: Path, device: str, threads:
     if backend in ("eager-reference", "eager-fused"):
         path = "reference" if backend == "eager-reference" else "fused"
         return Lifter.load(checkpoint, device=device, inference_path=path, cuda_graphs=False).predict, "fp32"
+    if backend == "native":  # the whole forward in one C++ call (kasf.model.native_cpu)
+        try:
+            return Lifter.load(checkpoint, device=device, inference_path="native").predict, "fp32"
+        except LifterError as err:
+            raise RuntimeError(str(err)) from None
     if backend == "compile":
         return Lifter.load(checkpoint, device=device, compile=True).predict, "fp32"
     if backend == "compile-cudagraphs":

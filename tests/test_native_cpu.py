@@ -194,3 +194,36 @@ def test_opcheck() -> None:
     assert len(config) == len(CONFIG_KEYS)
     torch.library.opcheck(torch.ops.kasf.lift_cpu.default, (_windows(2), weights, config),
                           test_utils=("test_schema", "test_faketensor"))
+
+
+def test_lifter_runs_the_native_path_and_auto_says_so() -> None:
+    from kasf.export.windows import load_real_windows
+    from kasf.runtime import Lifter
+
+    windows = load_real_windows(27).inputs[:4]
+    reference = Lifter.load("demo", device="cpu")
+    native = Lifter.load("demo", device="cpu", inference_path="native")
+    auto = Lifter.load("demo", device="cpu", inference_path="auto")
+    assert native.metadata["inference_path"] == auto.metadata["inference_path"] == "native"
+    assert auto.choice is not None and "native CPU kernels" in auto.choice
+    assert reference.metadata["inference_path"] == "reference" and reference.choice is None
+    expected = reference.predict(windows)
+    assert np.abs(native.predict(windows) - expected).max() < 1e-3
+    assert np.abs(auto.predict(windows) - expected).max() < 1e-3
+
+
+def test_lifter_refuses_native_where_it_cannot_run() -> None:
+    from kasf.runtime import Lifter
+    from kasf.runtime.errors import LifterError
+
+    with pytest.raises(LifterError, match="precision is bf16"):
+        Lifter.load("demo", device="cpu", inference_path="native", precision="bf16")
+    with pytest.raises(LifterError, match="torch.compile"):
+        Lifter.load("demo", device="cpu", inference_path="native", compile=True)
+    with pytest.raises(LifterError, match="applies to checkpoints"):
+        Lifter.load("model.onnx", device="cpu", inference_path="native")
+    from kasf.hardware import cpu_has_native_bf16
+
+    if cpu_has_native_bf16():  # elsewhere bf16 itself is refused (emulated), before any path is chosen
+        auto = Lifter.load("demo", device="cpu", inference_path="auto", precision="bf16")
+        assert auto.metadata["inference_path"] == "reference" and "precision is bf16" in auto.choice

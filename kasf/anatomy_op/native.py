@@ -91,14 +91,6 @@ def _register_python_parts() -> None:
 
     torch.library.register_autograd(OP_NAME, _backward, setup_context=_setup_context)
 
-    if hasattr(torch.ops.kasf, "lift_cpu"):  # an older build has only the anatomy operator
-        @torch.library.register_fake("kasf::lift_cpu")
-        def _fake_lift(window: torch.Tensor, weights: list[torch.Tensor], config: list[int]) -> torch.Tensor:
-            from kasf.model.native_cpu import CONFIG_KEYS
-
-            torch._check(window.dim() == 4, lambda: "kasf::lift_cpu: the window must be (B, T, J, 3)")
-            return window.new_empty((*window.shape[:3], config[CONFIG_KEYS.index("dim_out")]))
-
 
 def native_available() -> bool:
     """True when torch.ops.kasf.anatomy_features is registered (the extension loaded and is not disabled)."""
@@ -125,6 +117,9 @@ def status() -> dict[str, Any]:
         "reason": reason,
         "cpu_kernels": loaded,
         "cuda_kernels": loaded and bool(info.get("cuda", False)),
+        # the native CPU forward (kasf::lift_cpu) and the kernel set it runs on this CPU
+        "native_cpu_forward": (torch.ops.kasf.lift_cpu_kernels() if loaded and hasattr(torch.ops.kasf, "lift_cpu")
+                               else "not built"),
         "KASF_NO_EXT": os.environ.get("KASF_NO_EXT", ""),
         "built_with_torch": info.get("torch", "unknown"),
         "torch": torch.__version__,

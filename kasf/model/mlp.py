@@ -64,7 +64,10 @@ class PerFrameMLP(nn.Module):
 
     def set_inference_path(self, path: str) -> "PerFrameMLP":
         """Accepted for interface parity with KASportsFormer (the Lifter and the CPU export call it); an MLP has
-        one path, whatever the name."""
+        one path, whatever the name; 'native' (KASportsFormer's C++ CPU forward) has no MLP kernel."""
+        if path == "native":
+            raise ValueError("inference path 'native' is not available: it runs KASportsFormer / MotionAGFormer; "
+                             "the MLP lifter runs as it is")
         if path not in ("fused", "reference", "onnxruntime"):
             raise ValueError(f"inference path must be 'reference', 'fused' or 'onnxruntime', got {path!r}")
         return self

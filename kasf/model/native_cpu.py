@@ -12,13 +12,10 @@ version moves, or it is replaced), so a loaded model can be fine-tuned and lifte
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
-
-if TYPE_CHECKING:
-    from kasf.model.kasportsformer import KASportsFormer
 
 # The operator's int[] config, in this order (cpp_ext/cpu_blocks.cpp, ConfigIndex).
 CONFIG_KEYS = ("n_layers", "dim_feat", "num_heads", "mlp_hidden", "n_frames", "num_joints", "use_anatomy",
@@ -26,7 +23,23 @@ CONFIG_KEYS = ("n_layers", "dim_feat", "num_heads", "mlp_hidden", "n_frames", "n
                "input_norm_index", "root_joint", "limb_hidden")
 
 
-def unavailable_reason(model: "KASportsFormer") -> str | None:
+def _register_fake() -> None:
+    """The operator's shape function (torch.compile, opcheck), registered once where the operator exists."""
+    from kasf.anatomy_op.native import load
+
+    if not load()[0] or not hasattr(torch.ops.kasf, "lift_cpu"):
+        return
+
+    @torch.library.register_fake("kasf::lift_cpu")
+    def _fake_lift(window: torch.Tensor, weights: list[torch.Tensor], config: list[int]) -> torch.Tensor:
+        torch._check(window.dim() == 4, lambda: "kasf::lift_cpu: the window must be (B, T, J, 3)")
+        return window.new_empty((*window.shape[:3], config[CONFIG_KEYS.index("dim_out")]))
+
+
+_register_fake()
+
+
+def unavailable_reason(model: nn.Module) -> str | None:
     """Why this model cannot take the native path here, or None when it can."""
     from kasf.anatomy_op.native import load
 
@@ -92,7 +105,7 @@ def _pack_module(module: nn.Module, dim: int) -> list[torch.Tensor]:
     return packed
 
 
-def pack_lifter(model: "KASportsFormer") -> tuple[list[torch.Tensor], list[int]]:
+def pack_lifter(model: nn.Module) -> tuple[list[torch.Tensor], list[int]]:
     """(weights, config) for kasf::lift_cpu. The weight list, in order: joints_embed (weight^T, bias, pos_embed);
     with anatomy bone_embed and limb_embed likewise, then the Limb Fuser's two packed products (the second padded
     to 64 columns); per block the attention, graph and (with anatomy) bone modules, spatial before temporal, then
@@ -141,7 +154,7 @@ class NativeLifter:
     object (not its values) is not seen; call set_inference_path('native') again after that.
     """
 
-    def __init__(self, model: "KASportsFormer") -> None:
+    def __init__(self, model: nn.Module) -> None:
         reason = unavailable_reason(model)
         if reason:
             raise RuntimeError(reason)

@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PyTorch CPU threads for the lifter (default 1: the stream shares the CPU with capture, the "
                         "2D detector and rendering, and a small lifter at batch 1-4 loses more to thread hand-offs "
                         "than it gains; 0 keeps PyTorch's default)")
+    p.add_argument("--inference-path", choices=("auto", "native", "reference", "fused"), default="auto",
+                   help="how a checkpoint runs: 'native' is the whole forward in one C++ call on the CPU (fp32); "
+                        "'auto' (default) takes it on the CPU where it is available and says which it took")
     p.add_argument("--workers", type=int, default=1,
                    help="ONNX Runtime on the CPU (an .onnx model): lift each frame's people as this many parts at "
                         "once, one single-threaded session per part (e.g. 2 on a 2-core machine with several people)")
@@ -138,6 +141,8 @@ def _print_summary(summary: dict[str, Any], pipeline: Pipeline, lifter: Any, str
           f"{summary['dropped_frames']} dropped, {summary['lift_calls']} lift calls, mode {pipeline.mode} "
           f"(+{pipeline.delay_frames} frames delay), lifter {lifter.backend}/{lifter.device}"
           f"{', flip TTA' if pipeline.flip else ''}{', One-Euro' if pipeline.smooth else ''}", file=err)
+    if lifter.choice:
+        print(f"  {lifter.choice}", file=err)
     for stage, s in summary["stages"].items():
         print(f"  {stage:<10} p50 {s['p50_ms']:8.2f} ms  p95 {s['p95_ms']:8.2f} ms  p99 {s['p99_ms']:8.2f} ms  "
               f"(n={s['n']})", file=err)
@@ -161,7 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kasf.runtime.lifter import Lifter
 
         lifter = Lifter.load(args.model, device=args.device, precision=args.precision,
-                             allow_fallback=args.allow_cpu_fallback, workers=args.workers)
+                             allow_fallback=args.allow_cpu_fallback, workers=args.workers,
+                             inference_path=args.inference_path)
         source, truth = _open_source(args)
         detector = _detector(args) if args.keypoints is None and truth is None else None
         pipeline = Pipeline(lifter, source.image_wh, mode=args.mode, stride=args.stride, flip=args.flip,

@@ -69,6 +69,9 @@ class Lifter:
         where ``precision`` asks. On the CPU, ``precision='bf16'`` runs the large matrix products with bf16 weights
         converted once (kasf.runtime.cpu_bf16); ``precision='auto'`` (checkpoints on the CPU only) picks fp32 or
         bf16 from the machine's features (kasf.runtime.cpu_choice) and records why in ``Lifter.choice``.
+        ``inference_path='native'`` runs a checkpoint's whole forward in one C++ call (kasf.model.native_cpu; CPU,
+        fp32); ``'auto'`` takes it on the CPU in fp32 where it is available and the reference path elsewhere, and
+        records which and why in ``Lifter.choice``.
         ``workers`` (ONNX Runtime on the CPU): split a batch into this many parts run at once, each in its own
         session with ``threads // workers`` threads (default 1 each), e.g. the people of a frame over the cores."""
         if device not in DEVICES:
@@ -81,6 +84,8 @@ class Lifter:
         if workers > 1 and backend != "onnxruntime":
             raise LifterError(f"workers={workers} applies to ONNX Runtime on the CPU (an .onnx file); {path} runs "
                               f"on {backend}")
+        if backend != "torch" and inference_path not in ("reference", "auto"):
+            raise LifterError(f"inference_path={inference_path!r} applies to checkpoints; {path} runs on {backend}")
         if backend == "triton":
             return _load_triton(str(path), device, precision, preset or config)
         if str(path) != "demo" and not Path(path).exists():
@@ -130,7 +135,7 @@ def _load_torch(path: str | os.PathLike, device: str, preset: str | None, config
     if preset and config:
         raise LifterError("give preset or config, not both")
     device = _resolve_device(device, torch.cuda.is_available(), "PyTorch", allow_fallback)
-    model = load_checkpoint(path, preset or config, device=device).set_inference_path(inference_path)
+    model = load_checkpoint(path, preset or config, device=device)
     info = read_checkpoint(path)
     choice = None
     if precision == "auto":
@@ -138,9 +143,17 @@ def _load_torch(path: str | os.PathLike, device: str, preset: str | None, config
             raise LifterError("precision='auto' chooses among CPU variants; give device='cpu' (or a precision)")
         from kasf.runtime.cpu_choice import choose_cpu_precision, detect_cpu_features
 
-        choice = choose_cpu_precision(detect_cpu_features(), int(model.config.get("dim_feat", 0)))
-        precision = choice.precision
-        log.info("%s", choice.reason)
+        picked = choose_cpu_precision(detect_cpu_features(), int(model.config.get("dim_feat", 0)))
+        precision = picked.precision
+        choice = picked.reason
+        log.info("%s", choice)
+    inference_path, path_choice = _choose_inference_path(model, inference_path, device, precision, compile)
+    if path_choice:
+        choice = path_choice if choice is None else f"{choice}; {path_choice}"
+    try:
+        model.set_inference_path(inference_path)
+    except ValueError as err:
+        raise LifterError(str(err)) from None
     autocast_dtype = _torch_precision(precision, device)
     meta = {"config": model.config, "preset": info.preset or preset or "", **info.conventions,
             "training": info.metadata}
@@ -176,8 +189,39 @@ def _load_torch(path: str | os.PathLike, device: str, preset: str | None, config
                                                     enabled=autocast_dtype is not None):
             return module(x).float().cpu().numpy()
 
-    return Lifter(run, "torch", device, precision, model.n_frames, meta,
-                  choice=None if choice is None else choice.reason)
+    return Lifter(run, "torch", device, precision, model.n_frames, {**meta, "inference_path": inference_path},
+                  choice=choice)
+
+
+def _choose_inference_path(model: Any, path: str, device: str, precision: str,
+                           compile: bool | str) -> tuple[str, str | None]:
+    """(the inference path to run, why: for Lifter.choice, or None when the caller named the path).
+
+    'native' is a CPU fp32 kernel: asked for elsewhere it is an error, not a quiet substitute; 'auto' takes it
+    where it runs and says why not otherwise.
+    """
+    if path not in ("auto", "native"):
+        return path, None
+    from kasf.model.native_cpu import unavailable_reason
+
+    blocker = (f"device is {device}" if device != "cpu" else
+               f"precision is {precision}" if precision != "fp32" else
+               "torch.compile was asked for" if compile else
+               "the model is not a KASportsFormer / MotionAGFormer" if not hasattr(model, "blocks") else
+               unavailable_reason(model))
+    if path == "native":
+        if blocker:
+            raise LifterError(f"inference path 'native' is not available: {blocker} (it runs a checkpoint on the "
+                              "CPU in fp32, without torch.compile)")
+        return "native", None
+    if blocker:
+        choice = f"inference path: reference (native CPU kernels not used: {blocker})"
+    else:
+        import torch
+
+        choice = f"inference path: native CPU kernels ({torch.ops.kasf.lift_cpu_kernels()})"
+    log.info("%s", choice)
+    return ("reference" if blocker else "native"), choice
 
 
 def _torch_precision(precision: str, device: str) -> Any:
