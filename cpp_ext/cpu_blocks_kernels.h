@@ -84,6 +84,14 @@ inline vf reciprocal(vf x) {
 #endif
 }
 
+// c[0] x^(N-1) + ... + c[N-1], highest power first.
+template <int N>
+inline vf horner(vf x, const float (&c)[N]) {
+  vf p = splat(c[0]);
+  for (int i = 1; i < N; ++i) p = p * x + c[i];
+  return p;
+}
+
 // exp(x) for x <= 88 (Cephes' range reduction and polynomial; within 2 ulp of expf, never inf or a denormal).
 inline vf vexp(vf x) {
   x = vmax(x, splat(-87.0f));
@@ -93,13 +101,9 @@ inline vf vexp(vf x) {
   vi e = (vi)t - (vi)magic;
   vf r = x - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
-  vf p = splat(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
+  static constexpr float kExp[] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                                   4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+  const vf p = horner(r, kExp) * r * r + r + 1.0f;
   return p * (vf)((e + 127) << 23);
 }
 
@@ -110,13 +114,9 @@ inline vf vexp(vf x) {
 inline vf vgelu(vf x) {
   const vf z = x * 0.70710678118654752f;
   const vf a = z < 0.0f ? -z : z;
-  vf p = splat(4.30638e-5f);
-  p = p * a + 2.765672e-4f;
-  p = p * a + 1.520143e-4f;
-  p = p * a + 9.2705272e-3f;
-  p = p * a + 4.22820123e-2f;
-  p = p * a + 7.05230784e-2f;
-  p = p * a + 1.0f;
+  static constexpr float kErfc[] = {4.30638e-5f, 2.765672e-4f, 1.520143e-4f, 9.2705272e-3f,
+                                    4.22820123e-2f, 7.05230784e-2f, 1.0f};  // a6 .. a1, 1
+  vf p = horner(a, kErfc);
   p = p * p;
   p = p * p;
   p = p * p;

@@ -171,28 +171,29 @@ def test_models_it_cannot_run_are_refused_by_name() -> None:
 
 def test_operator_checks_its_weights_and_config() -> None:
     model = perturbed_model("kasportsformer-t")
-    weights, config = pack_lifter(model)
+    weights, sizes, config = pack_lifter(model)
     x = _windows(1)
+    last = sizes[-1]
     with pytest.raises(RuntimeError, match="weight list ended"):
-        torch.ops.kasf.lift_cpu(x, weights[:-1], config)
+        torch.ops.kasf.lift_cpu(x, weights[:-last], sizes[:-1], config)
     with pytest.raises(RuntimeError, match="left over"):
-        torch.ops.kasf.lift_cpu(x, weights + [torch.zeros(1)], config)
-    wrong = list(weights)
-    wrong[0] = torch.zeros(5)
+        torch.ops.kasf.lift_cpu(x, torch.cat([weights, torch.zeros(1)]), sizes + [1], config)
     with pytest.raises(RuntimeError, match=r"joints_embed.weight\^T\) has 5 values"):
-        torch.ops.kasf.lift_cpu(x, wrong, config)
+        torch.ops.kasf.lift_cpu(x, torch.cat([torch.zeros(5), weights[sizes[0]:]]), [5] + sizes[1:], config)
+    with pytest.raises(RuntimeError, match="add up to"):
+        torch.ops.kasf.lift_cpu(x, weights[:-1], sizes, config)
     with pytest.raises(RuntimeError, match="config needs"):
-        torch.ops.kasf.lift_cpu(x, weights, config[:-1])
+        torch.ops.kasf.lift_cpu(x, weights, sizes, config[:-1])
     with pytest.raises(RuntimeError, match="the model takes"):
-        torch.ops.kasf.lift_cpu(x[:, :9], weights, config)
+        torch.ops.kasf.lift_cpu(x[:, :9], weights, sizes, config)
 
 
 def test_opcheck() -> None:
     """Schema, fake (shape) kernel and dispatch of the operator agree (torch.library.opcheck)."""
     model = perturbed_model("kasportsformer-t", n_layers=1)
-    weights, config = pack_lifter(model)
+    weights, sizes, config = pack_lifter(model)
     assert len(config) == len(CONFIG_KEYS)
-    torch.library.opcheck(torch.ops.kasf.lift_cpu.default, (_windows(2), weights, config),
+    torch.library.opcheck(torch.ops.kasf.lift_cpu.default, (_windows(2), weights, sizes, config),
                           test_utils=("test_schema", "test_faketensor"))
 
 

@@ -31,7 +31,7 @@ def _register_fake() -> None:
         return
 
     @torch.library.register_fake("kasf::lift_cpu")
-    def _fake_lift(window: torch.Tensor, weights: list[torch.Tensor], config: list[int]) -> torch.Tensor:
+    def _fake_lift(window: torch.Tensor, weights: torch.Tensor, sizes: list[int], config: list[int]) -> torch.Tensor:
         torch._check(window.dim() == 4, lambda: "kasf::lift_cpu: the window must be (B, T, J, 3)")
         return window.new_empty((*window.shape[:3], config[CONFIG_KEYS.index("dim_out")]))
 
@@ -105,8 +105,9 @@ def _pack_module(module: nn.Module, dim: int) -> list[torch.Tensor]:
     return packed
 
 
-def pack_lifter(model: nn.Module) -> tuple[list[torch.Tensor], list[int]]:
-    """(weights, config) for kasf::lift_cpu. The weight list, in order: joints_embed (weight^T, bias, pos_embed);
+def pack_lifter(model: nn.Module) -> tuple[torch.Tensor, list[int], list[int]]:
+    """(weights, sizes, config) for kasf::lift_cpu: the pieces below flattened into one tensor, each piece's size,
+    and the config (CONFIG_KEYS). The pieces, in order: joints_embed (weight^T, bias, pos_embed);
     with anatomy bone_embed and limb_embed likewise, then the Limb Fuser's two packed products (the second padded
     to 64 columns); per block the attention, graph and (with anatomy) bone modules, spatial before temporal, then
     the fusion's weight and bias (empty without adaptive fusion); the head: norm, rep_logit.fc (weight^T, bias),
@@ -143,15 +144,17 @@ def pack_lifter(model: nn.Module) -> tuple[list[torch.Tensor], list[int]]:
     values: dict[str, Any] = {**config, "mlp_hidden": int(dim * config["mlp_ratio"]),
                               "input_norm_index": INPUT_NORMS.index(model.input_norm),
                               "root_joint": skeleton.ROOT_JOINT, "limb_hidden": limb_hidden}
-    return weights, [int(values[key]) for key in CONFIG_KEYS]
+    flat = torch.cat([w.reshape(-1) for w in weights]).contiguous()
+    return flat, [w.numel() for w in weights], [int(values[key]) for key in CONFIG_KEYS]
 
 
 class NativeLifter:
     """One model's forward as a callable window -> output, with the packed weights cached.
 
     The cache is checked against the version counters of the tensors it was packed from (an optimizer step or a
-    load_state_dict moves them): ~30 us a call where walking the module tree took ~1 ms. Replacing a parameter
-    object (not its values) is not seen; call set_inference_path('native') again after that.
+    load_state_dict moves them), ~70 us a call at the demo size; ``freeze()`` drops the check where nothing can
+    change the weights (a Lifter owns its model). Replacing a parameter object (not its values) is not seen; call
+    set_inference_path('native') again after that.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -161,9 +164,16 @@ class NativeLifter:
         self._model = [model]  # a list: not registered as a submodule of the model that holds this object
         self._sources: list[torch.Tensor] = []
         self._versions: list[int] = []
-        self._packed: tuple[list[torch.Tensor], list[int]] | None = None
+        self._packed: tuple[torch.Tensor, list[int], list[int]] | None = None
+        self._frozen = False
 
-    def _current(self) -> tuple[list[torch.Tensor], list[int]]:
+    def freeze(self) -> None:
+        self._current()
+        self._frozen = True
+
+    def _current(self) -> tuple[torch.Tensor, list[int], list[int]]:
+        if self._frozen and self._packed is not None:
+            return self._packed
         if self._packed is None or [t._version for t in self._sources] != self._versions:
             self._sources = list(self._model[0].parameters()) + list(self._model[0].buffers())
             self._packed = pack_lifter(self._model[0])
@@ -171,5 +181,5 @@ class NativeLifter:
         return self._packed
 
     def __call__(self, window: torch.Tensor) -> torch.Tensor:
-        weights, config = self._current()
-        return torch.ops.kasf.lift_cpu(window.contiguous(), weights, config)
+        weights, sizes, config = self._current()
+        return torch.ops.kasf.lift_cpu(window.contiguous(), weights, sizes, config)

@@ -154,6 +154,8 @@ def _load_torch(path: str | os.PathLike, device: str, preset: str | None, config
         model.set_inference_path(inference_path)
     except ValueError as err:
         raise LifterError(str(err)) from None
+    if inference_path == "native":
+        model._native.freeze()  # the Lifter owns the model: its weights cannot change, so no per-call check
     autocast_dtype = _torch_precision(precision, device)
     meta = {"config": model.config, "preset": info.preset or preset or "", **info.conventions,
             "training": info.metadata}
