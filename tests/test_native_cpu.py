@@ -213,7 +213,7 @@ def test_lifter_runs_the_native_path_and_auto_says_so() -> None:
     assert np.abs(auto.predict(windows) - expected).max() < 1e-3
 
 
-def test_lifter_refuses_native_where_it_cannot_run() -> None:
+def test_lifter_refuses_native_where_it_cannot_run(tmp_path) -> None:
     from kasf.runtime import Lifter
     from kasf.runtime.errors import LifterError
 
@@ -224,6 +224,14 @@ def test_lifter_refuses_native_where_it_cannot_run() -> None:
     with pytest.raises(LifterError, match="applies to checkpoints"):
         Lifter.load("model.onnx", device="cpu", inference_path="native")
     from kasf.hardware import cpu_has_native_bf16
+
+    import kasf
+
+    mlp = kasf.save_checkpoint(tmp_path / "mlp.pt", build("mlp-baseline"))
+    auto = Lifter.load(mlp, device="cpu", inference_path="auto")
+    assert auto.metadata["inference_path"] == "reference" and "not a KASportsFormer" in auto.choice
+    with pytest.raises(LifterError, match="not a KASportsFormer"):
+        Lifter.load(mlp, device="cpu", inference_path="native")
 
     if cpu_has_native_bf16():  # elsewhere bf16 itself is refused (emulated), before any path is chosen
         auto = Lifter.load("demo", device="cpu", inference_path="auto", precision="bf16")

@@ -204,12 +204,13 @@ def _choose_inference_path(model: Any, path: str, device: str, precision: str,
     """
     if path not in ("auto", "native"):
         return path, None
+    from kasf.model.kasportsformer import KASportsFormer
     from kasf.model.native_cpu import unavailable_reason
 
     blocker = (f"device is {device}" if device != "cpu" else
                f"precision is {precision}" if precision != "fp32" else
                "torch.compile was asked for" if compile else
-               "the model is not a KASportsFormer / MotionAGFormer" if not hasattr(model, "blocks") else
+               "the model is not a KASportsFormer / MotionAGFormer" if not isinstance(model, KASportsFormer) else
                unavailable_reason(model))
     if path == "native":
         if blocker:
