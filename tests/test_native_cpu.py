@@ -23,10 +23,10 @@ def _native() -> None:
     require_native_op()
 
 
-def _windows(batch: int, seed: int = 0) -> torch.Tensor:
+def _windows(batch: int, seed: int = 0, frames: int = 27) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, 27, 17, 3, generator=g)
-    x[..., 2] = torch.rand(batch, 27, 17, generator=g)
+    x = torch.randn(batch, frames, 17, 3, generator=g)
+    x[..., 2] = torch.rand(batch, frames, 17, generator=g)
     return x
 
 
@@ -47,6 +47,7 @@ CASES = {
     "window-norm-mean-fusion": dict(preset="kasportsformer-t", input_norm="window", use_adaptive_fusion=False),
     "chain-graph-no-scale-bias": dict(preset="kasportsformer-t", use_temporal_similarity=False,
                                       use_layer_scale=False, qkv_bias=True),
+    "81-frames": dict(preset="motionagformer-t", n_frames=81),
 }
 
 
@@ -57,7 +58,7 @@ def test_native_path_is_the_model(case: str) -> None:
     options = dict(CASES[case])
     model = perturbed_model(options.pop("preset"), **options)
     for batch in (1, 3):
-        reference, native = _both(model, _windows(batch, seed=batch))
+        reference, native = _both(model, _windows(batch, seed=batch, frames=model.n_frames))
         assert native.shape == reference.shape
         assert (native - reference).abs().max().item() < 2e-5
 
@@ -166,6 +167,9 @@ def test_models_it_cannot_run_are_refused_by_name() -> None:
         model.set_inference_path("native")
     model = build({**PRESETS["kasportsformer-t"], "dim_feat": 24, "num_heads": 4}).eval()
     with pytest.raises(ValueError, match="multiples of 16"):
+        model.set_inference_path("native")
+    model = build({**PRESETS["motionagformer-t"], "n_frames": 300}).eval()
+    with pytest.raises(ValueError, match="at most 256 frames"):
         model.set_inference_path("native")
 
 

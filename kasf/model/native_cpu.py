@@ -6,8 +6,8 @@ three passes over the tokens with kernels for the machine's vector width, and th
 features, embeddings and head around them. It takes the model's own weights; the tests hold it to the model's
 other inference paths.
 
-The weights are packed once into the operator's flat list and packed again whenever a weight changes (its tensor
-version moves, or it is replaced), so a loaded model can be fine-tuned and lifted in turn.
+The weights are packed once into one flat tensor and packed again whenever a weight's values change (its tensor
+version moves), so a loaded model can be fine-tuned and lifted in turn.
 """
 
 from __future__ import annotations
@@ -55,6 +55,8 @@ def unavailable_reason(model: nn.Module) -> str | None:
     if config["dim_feat"] % 16 or hidden % 16 or config["dim_rep"] % 16:
         return (f"the native CPU path needs dim_feat, dim_rep and the MLP width in multiples of 16; this model has "
                 f"{config['dim_feat']}, {config['dim_rep']} and {hidden}")
+    if max(config["n_frames"], config["num_joints"]) > 256:
+        return f"the native CPU path takes sequences of at most 256 frames, this model has {config['n_frames']}"
     if config["use_temporal_similarity"] and config["neighbour_num"] > 64:
         return f"the native CPU path takes neighbour_num <= 64, this model has {config['neighbour_num']}"
     return None
