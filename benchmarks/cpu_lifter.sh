@@ -14,7 +14,8 @@ kasf-bench --presets kasportsformer-t --threads "$THREADS" \
   --min-time "${MIN_TIME:-3}" --warmup 5 --json $R/cpu_lifter_demo.json --markdown $R/cpu_lifter_demo.md
 if [ "${SKIP_FULL:-0}" != 1 ]; then
   kasf-bench --presets kasportsformer --threads "$THREADS" \
-    --backends eager-reference,native,bf16,cpu-auto,ort-cpu-fp32,ort-cpu-int8 --batches 1 --min-time "${MIN_TIME:-5}" --warmup 2 \
+    --backends eager-reference,native,bf16,cpu-auto,ort-cpu-fp32,ort-cpu-int8 --batches 1 \
+    --min-time "${MIN_TIME:-5}" --warmup 2 \
     --json $R/cpu_lifter_full.json --markdown $R/cpu_lifter_full.md
 fi
 # kasf-stream: eager PyTorch (reference forward), the native CPU forward (kasf::lift_cpu, intra-op threads over

@@ -41,14 +41,15 @@ VARIANTS: dict[str, list[str]] = {
     # Data parallel on the two cores: each process one thread and half the batch (the same 64 windows a step).
     "2 processes x 1 thread (torchrun), batch 2 x 32, fp32, camera pool": [
         "processes=2", "threads=1", "batch_size=32", "camera_pool=4", "compile=false"],
-    "the same, compiled step": ["processes=2", "threads=1", "batch_size=32", "camera_pool=4", "compile=true"],
+    "2 processes x 1 thread, batch 2 x 32, compiled, fp32": [
+        "processes=2", "threads=1", "batch_size=32", "camera_pool=4", "compile=true"],
     # Compiled, bf16 autocast pays where eager did not: the casts fuse into the compiled kernels, the products
     # run in bf16 (AMX / AVX512-BF16 here).
-    "the same, compiled step, bf16 autocast": ["processes=2", "threads=1", "batch_size=32", "camera_pool=4",
-                                               "compile=true", "precision=bf16"],
-    # Twice the windows per step: per-kernel overhead spread over more work.
-    "the same, batch 2 x 64": ["processes=2", "threads=1", "batch_size=64", "camera_pool=4", "compile=true",
-                               "precision=bf16"],
+    "2 processes x 1 thread, batch 2 x 32, compiled, bf16 autocast": [
+        "processes=2", "threads=1", "batch_size=32", "camera_pool=4", "compile=true", "precision=bf16"],
+    # Twice the windows per step: does per-kernel overhead spread over more work pay? (It did not: docs/training.md.)
+    "2 processes x 1 thread, batch 2 x 64, compiled, bf16 autocast": [
+        "processes=2", "threads=1", "batch_size=64", "camera_pool=4", "compile=true", "precision=bf16"],
 }
 DDP_SCRIPT = "import sys\nfrom kasf.training.cli import train_main\nsys.exit(train_main(sys.argv[1:]))\n"
 

@@ -327,7 +327,8 @@ void graph_sequence(const float* nodes, const float* uv, const Sequence& seq, in
                     float* scratch) {
   // out_i = relu(n_i + bn_i(sum_j A_ij V_j + U_i)); x_i += layer_scale * out_i. A is the fixed normalised graph, or
   // (adjacency == nullptr) the similarity graph: j is i's neighbour when <n_i, n_j> reaches the row's k-th largest
-  // value (ties included, as top-k's threshold compares), normalised D^-1/2 A D^-1/2. scratch: L * L + L + (D + L) * Lp + 2 * L * D floats.
+  // value (ties included, as top-k's threshold compares), normalised D^-1/2 A D^-1/2.
+  // scratch: L * L + L + (D + L) * Lp + 2 * L * D floats.
   const int L = seq.length;
   const float* adj = adjacency;
   if (adj == nullptr) {

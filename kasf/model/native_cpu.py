@@ -142,7 +142,8 @@ def pack_lifter(model: nn.Module) -> tuple[torch.Tensor, list[int], list[int]]:
             else:
                 weights += [torch.empty(0), torch.empty(0)]
         weights += [_vec(model.norm.weight, dim), _vec(model.norm.bias, dim), _t(model.rep_logit.fc.weight),
-                    _vec(model.rep_logit.fc.bias, 0), _pad_columns(model.head.weight.t()), _pad_columns(model.head.bias)]
+                    _vec(model.rep_logit.fc.bias, 0), _pad_columns(model.head.weight.t()),
+                    _pad_columns(model.head.bias)]
     values: dict[str, Any] = {**config, "mlp_hidden": int(dim * config["mlp_ratio"]),
                               "input_norm_index": INPUT_NORMS.index(model.input_norm),
                               "root_joint": skeleton.ROOT_JOINT, "limb_hidden": limb_hidden}
