@@ -7,8 +7,9 @@
 // graph; rows: output product, residual, LayerNorm, MLP with GELU, residual), each split over the intra-op threads,
 // with kernels compiled for AVX-512, AVX2 or the baseline and picked at run time (cpu_blocks_kernels.h).
 //
-// Inference only, float32 windows (B, T, J, 3). The weights come as one flat list in the order written by
-// kasf.model.native_cpu.pack_lifter (documented there); every tensor's size is checked against the config.
+// Inference only, float32 windows (B, T, J, 3). The weights come as one flat tensor with the size of each piece, in
+// the order written by kasf.model.native_cpu.pack_lifter (documented there); every piece's size is checked against
+// the config.
 
 #include <torch/library.h>
 #include <ATen/ATen.h>
@@ -143,6 +144,7 @@ struct ModuleWeights {
   const float *ln1_g, *ln1_b, *ln_limb_g = nullptr, *ln_limb_b = nullptr;
   const float *in_w, *in_b, *kv_w = nullptr, *kv_b = nullptr, *proj_w = nullptr, *proj_b = nullptr;
   const float *bn_scale = nullptr, *bn_shift = nullptr, *adjacency = nullptr;
+  float softmax_scale = 0.0f;  // attention: the module's own scale (qk_scale, or head width ** -0.5)
   const float *ln2_g, *ln2_b, *fc1_w, *fc1_b, *fc2_w, *fc2_b, *ls1, *ls2;
 };
 
@@ -172,6 +174,7 @@ ModuleWeights take_module(WeightCursor& w, const Shape& s, Mixer mixer, bool spa
     m.adjacency = w.take(fixed ? nodes * nodes : 0, "mixer.norm_adj");
   }
   if (mixer != kGraph) {
+    m.softmax_scale = *w.take(1, "mixer.scale");
     m.proj_w = w.take(D * D, "mixer.proj.weight^T");
     m.proj_b = w.take(D, "mixer.proj.bias");
   }
@@ -217,8 +220,7 @@ void run_module(const Kernels& k, const ModuleWeights& m, Mixer mixer, bool spat
       if (mixer == kGraph) {
         k.graph_sequence(normed, packed, seq, D, m.adjacency, s.neighbours, m.bn_scale, m.bn_shift, m.ls1, x, scratch);
       } else {
-        const float scale = 1.0f / std::sqrt((float)(D / s.heads));
-        k.attend_sequence(packed, ld, seq, D, s.heads, scale, mixed, D, scratch);
+        k.attend_sequence(packed, ld, seq, D, s.heads, m.softmax_scale, mixed, D, scratch);
       }
     }
   });

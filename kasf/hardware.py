@@ -14,8 +14,10 @@ def cpu_has_native_bf16() -> bool:
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
-# The /proc/cpuinfo flags that decide which CPU path is fast: vector width, bf16 and int8 dot products, AMX tiles.
-SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
+# The /proc/cpuinfo flags that decide which CPU path is fast: vector width (avx512vl/dq/bw with avx512f pick the
+# native forward's AVX-512 kernels), bf16 and int8 dot products, AMX tiles.
+SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512vl", "avx512dq", "avx512bw", "avx512_bf16", "avx512_vnni",
+               "amx_tile", "amx_bf16", "amx_int8")
 
 
 def cpu_flags() -> list[str]:

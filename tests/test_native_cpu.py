@@ -45,8 +45,8 @@ CASES = {
     "motionagformer-t": dict(preset="motionagformer-t"),
     "xs-frame-norm": dict(preset="kasportsformer-xs", input_norm="frame"),
     "window-norm-mean-fusion": dict(preset="kasportsformer-t", input_norm="window", use_adaptive_fusion=False),
-    "chain-graph-no-scale-bias": dict(preset="kasportsformer-t", use_temporal_similarity=False,
-                                      use_layer_scale=False, qkv_bias=True),
+    "chain-graph-no-scale-bias-qk-scale": dict(preset="kasportsformer-t", use_temporal_similarity=False,
+                                               use_layer_scale=False, qkv_bias=True, qkv_scale=0.2),
     "81-frames": dict(preset="motionagformer-t", n_frames=81),
 }
 
@@ -100,19 +100,13 @@ print(torch.ops.kasf.lift_cpu_kernels(), float((a - b).abs().max()))
 """
 
 
-def _proc_cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
-    except OSError:
-        return set()
-
-
 @pytest.mark.parametrize("kernels", ["avx512", "avx2", "generic"])
 def test_every_kernel_set_is_the_model(kernels: str) -> None:
     """The three instruction-set builds of the kernels (cpu_blocks_*.cpp), each forced with KASF_CPU_KERNELS."""
+    from kasf.hardware import cpu_flags
+
     needs = {"avx512": {"avx512f", "avx512vl", "avx512dq", "avx512bw"}, "avx2": {"avx2", "fma"}, "generic": set()}
-    missing = needs[kernels] - _proc_cpu_flags()
+    missing = needs[kernels] - set(cpu_flags())
     if missing:
         pytest.skip(f"this CPU lacks {sorted(missing)} for the {kernels} kernels")
     done = subprocess.run([sys.executable, "-c", KERNEL_SCRIPT], capture_output=True, text=True, timeout=300,

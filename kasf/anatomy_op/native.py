@@ -108,6 +108,16 @@ def cuda_kernels_built() -> bool:
     return _CUDA_BUILT[0]
 
 
+def _native_cpu_kernels(loaded: bool) -> str:
+    """The kernel set kasf::lift_cpu runs here, or why none (a bad KASF_CPU_KERNELS is reported, not raised)."""
+    if not loaded or not hasattr(torch.ops.kasf, "lift_cpu"):
+        return "not built"
+    try:
+        return torch.ops.kasf.lift_cpu_kernels()
+    except RuntimeError as err:
+        return f"unusable: {str(err).splitlines()[0]}"
+
+
 def status() -> dict[str, Any]:
     """Which anatomy path is active and why: what ``kasf-info --env`` prints."""
     loaded, reason = load()
@@ -118,8 +128,7 @@ def status() -> dict[str, Any]:
         "cpu_kernels": loaded,
         "cuda_kernels": loaded and bool(info.get("cuda", False)),
         # the native CPU forward (kasf::lift_cpu) and the kernel set it runs on this CPU
-        "native_cpu_forward": (torch.ops.kasf.lift_cpu_kernels() if loaded and hasattr(torch.ops.kasf, "lift_cpu")
-                               else "not built"),
+        "native_cpu_forward": _native_cpu_kernels(loaded),
         "KASF_NO_EXT": os.environ.get("KASF_NO_EXT", ""),
         "built_with_torch": info.get("torch", "unknown"),
         "torch": torch.__version__,

@@ -96,7 +96,7 @@ def _pack_module(module: nn.Module, dim: int) -> list[torch.Tensor]:
                    scale.float().contiguous(), (bn.bias.detach() - bn.running_mean * scale).float().contiguous(),
                    torch.empty(0) if mixer.use_similarity else mixer.norm_adj.float().contiguous()]
     if module.mixer_type != "graph":
-        packed += [_t(mixer.proj.weight), _vec(mixer.proj.bias, dim)]
+        packed += [torch.tensor([float(mixer.scale)]), _t(mixer.proj.weight), _vec(mixer.proj.bias, dim)]
     packed += [_vec(module.norm2.weight, dim), _vec(module.norm2.bias, dim),
                _t(module.mlp.fc1.weight), _vec(module.mlp.fc1.bias, module.mlp.fc1.out_features),
                _t(module.mlp.fc2.weight), _vec(module.mlp.fc2.bias, dim)]
