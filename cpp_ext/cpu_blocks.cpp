@@ -9,7 +9,9 @@
 //
 // Inference only, float32 windows (B, T, J, 3). The weights come as one flat tensor with the size of each piece, in
 // the order written by kasf.model.native_cpu.pack_lifter (documented there); every piece's size is checked against
-// the config.
+// the config. With the optional `products` tensor (the product weights again, packed as bf16 pairs by
+// pack_products_bf16) every matrix product runs in bf16 with float32 sums (cpu_blocks_bf16.cpp); all else stays
+// float32.
 
 #include <torch/library.h>
 #include <ATen/ATen.h>
@@ -20,6 +22,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -63,18 +66,66 @@ const Kernels& kernels() {
   return chosen;
 }
 
+// The bf16 product kernel: AMX where the CPU has it and Linux grants the tile registers, else AVX512-BF16;
+// KASF_CPU_BF16=amx|avx512_bf16 asks for one (tests run each). name is "" where neither runs.
+struct Bf16Kernel {
+  const char* name;
+  decltype(&bf16::product_rows_amx) product;
+};
+
+const Bf16Kernel& bf16_kernel() {
+  static const Bf16Kernel chosen = [] {
+    const char* asked = std::getenv("KASF_CPU_BF16");
+    const std::string want = asked ? asked : "";
+    TORCH_CHECK(want.empty() || want == "amx" || want == "avx512_bf16", "KASF_CPU_BF16 must be amx or avx512_bf16, "
+                "got '", want, "'");
+    if (want == "amx" || (want.empty() && bf16::amx_supported())) {
+      TORCH_CHECK(bf16::amx_supported(), "KASF_CPU_BF16=amx but this CPU (or its kernel) offers no AMX-BF16 tiles");
+      return Bf16Kernel{"amx", &bf16::product_rows_amx};
+    }
+    if (want == "avx512_bf16" || bf16::dot_supported()) {
+      TORCH_CHECK(bf16::dot_supported(), "KASF_CPU_BF16=avx512_bf16 but this CPU has no AVX512-BF16");
+      return Bf16Kernel{"avx512_bf16", &bf16::product_rows_dot};
+    }
+    return Bf16Kernel{"", nullptr};
+  }();
+  return chosen;
+}
+
 // Config entries (kasf.model.native_cpu.CONFIG_KEYS).
 enum ConfigIndex { kLayers, kDim, kHeads, kHidden, kFrames, kJoints, kAnatomy, kAdaptive, kSimilarity, kNeighbours,
                    kRep, kOut, kInputNorm, kRoot, kLimbHidden, kConfigSize };
 enum InputNorm { kNormNone = 0, kNormFrame = 1, kNormWindow = 2 };  // kasf.model.input_norm.INPUT_NORMS
 constexpr float kMinWeight = 1e-2f, kMinSize = 1e-4f;               // kasf.model.input_norm's constants
 int64_t padded16(int64_t n) { return (n + 15) / 16 * 16; }
+int64_t padded32(int64_t n) { return (n + 31) / 32 * 32; }
+
+// A matrix product's weight: (K, N) float32 rows, and the same packed as bf16 pairs when the call runs bf16.
+struct ProductWeight {
+  const float* w = nullptr;
+  const uint16_t* packed = nullptr;
+  int K = 0, N = 0;
+};
+
+// y = epilogue(x W + bias) for `rows` rows, in bf16 where W was packed for it, else with the fp32 kernels.
+void product(const Kernels& k, int epilogue, const float* x, int64_t ldx, int64_t rows, const ProductWeight& w,
+             const float* bias, float* y, int64_t ldy, const float* scale) {
+  if (w.packed == nullptr) {
+    k.product_rows(epilogue, x, ldx, rows, w.K, w.w, bias, w.N, y, ldy, scale);
+    return;
+  }
+  thread_local std::vector<uint16_t> scratch;  // x's rows converted to bf16
+  const size_t needed = (size_t)bf16::bf16_scratch_values(w.K);
+  if (scratch.size() < needed) scratch.resize(needed);
+  bf16_kernel().product(epilogue, x, ldx, rows, w.K, w.packed, bias, w.N, y, ldy, scale, scratch.data());
+}
 
 // Walks the packed weights: one flat float32 tensor (one argument instead of ~400: converting a tensor list costs
 // ~0.2 us a tensor per call) with the size of each piece beside it, so every piece is still checked by name.
 class WeightCursor {
  public:
-  WeightCursor(const at::Tensor& weights, at::IntArrayRef sizes) : sizes_(sizes) {
+  WeightCursor(const at::Tensor& weights, at::IntArrayRef sizes, const std::optional<at::Tensor>& products)
+      : sizes_(sizes) {
     TORCH_CHECK(weights.dim() == 1 && weights.scalar_type() == at::kFloat && weights.is_contiguous() &&
                     weights.device().is_cpu(),
                 "kasf::lift_cpu: the weights must be one flat contiguous float32 CPU tensor");
@@ -83,6 +134,29 @@ class WeightCursor {
     TORCH_CHECK(total == weights.numel(), "kasf::lift_cpu: the piece sizes add up to ", total, " values, the weights "
                 "hold ", weights.numel());
     data_ = weights.data_ptr<float>();
+    if (products.has_value()) {
+      const at::Tensor& p = *products;
+      TORCH_CHECK(p.dim() == 1 && p.scalar_type() == at::kBFloat16 && p.is_contiguous() && p.device().is_cpu(),
+                  "kasf::lift_cpu: the bf16 products must be one flat contiguous bfloat16 CPU tensor");
+      TORCH_CHECK(bf16_kernel().product != nullptr, "kasf::lift_cpu: bf16 products need AMX-BF16 or AVX512-BF16, "
+                  "which this CPU (or build) lacks");
+      packed_ = reinterpret_cast<const uint16_t*>(p.data_ptr<at::BFloat16>());
+      packed_total_ = p.numel();
+    }
+  }
+  // A product's (K, N) weight, with its bf16 packing when the call has one.
+  ProductWeight take_product(int64_t K, int64_t N, const char* what) {
+    ProductWeight weight;
+    weight.w = take(K * N, what);
+    weight.K = (int)K;
+    weight.N = (int)N;
+    if (packed_ != nullptr) {
+      const int64_t size = padded32(K) * N;
+      TORCH_CHECK(packed_offset_ + size <= packed_total_, "kasf::lift_cpu: the bf16 products ended before ", what);
+      weight.packed = packed_ + packed_offset_;
+      packed_offset_ += size;
+    }
+    return weight;
   }
   // The next piece, which must hold `numel` floats (0: an empty placeholder).
   const float* take(int64_t numel, const char* what) {
@@ -97,6 +171,8 @@ class WeightCursor {
   void expect_end() const {
     TORCH_CHECK(next_ == sizes_.size(), "kasf::lift_cpu: ", sizes_.size() - next_,
                 " weights left over: the list does not match the config");
+    TORCH_CHECK(packed_offset_ == packed_total_, "kasf::lift_cpu: ", packed_total_ - packed_offset_,
+                " bf16 product values left over: they do not match the config");
   }
 
  private:
@@ -104,6 +180,8 @@ class WeightCursor {
   const float* data_ = nullptr;
   int64_t offset_ = 0;
   size_t next_ = 0;
+  const uint16_t* packed_ = nullptr;
+  int64_t packed_offset_ = 0, packed_total_ = 0;
 };
 
 struct Shape {
@@ -142,10 +220,11 @@ struct Workspace {
 
 struct ModuleWeights {
   const float *ln1_g, *ln1_b, *ln_limb_g = nullptr, *ln_limb_b = nullptr;
-  const float *in_w, *in_b, *kv_w = nullptr, *kv_b = nullptr, *proj_w = nullptr, *proj_b = nullptr;
+  ProductWeight in_w, kv_w, proj_w, fc1_w, fc2_w;
+  const float *in_b, *kv_b = nullptr, *proj_b = nullptr;
   const float *bn_scale = nullptr, *bn_shift = nullptr, *adjacency = nullptr;
   float softmax_scale = 0.0f;  // attention: the module's own scale (qk_scale, or head width ** -0.5)
-  const float *ln2_g, *ln2_b, *fc1_w, *fc1_b, *fc2_w, *fc2_b, *ls1, *ls2;
+  const float *ln2_g, *ln2_b, *fc1_b, *fc2_b, *ls1, *ls2;
 };
 
 enum Mixer { kAttention, kGraph, kBone };
@@ -158,15 +237,15 @@ ModuleWeights take_module(WeightCursor& w, const Shape& s, Mixer mixer, bool spa
   if (mixer == kBone) {
     m.ln_limb_g = w.take(D, "norm1_limb.weight");
     m.ln_limb_b = w.take(D, "norm1_limb.bias");
-    m.in_w = w.take(D * D, "mixer.qkv_q.weight^T");
+    m.in_w = w.take_product(D, D, "mixer.qkv_q.weight^T");
     m.in_b = w.take(D, "mixer.qkv_q.bias");
-    m.kv_w = w.take(D * 2 * D, "mixer.qkv_kv.weight^T");
+    m.kv_w = w.take_product(D, 2 * D, "mixer.qkv_kv.weight^T");
     m.kv_b = w.take(2 * D, "mixer.qkv_kv.bias");
   } else if (mixer == kAttention) {
-    m.in_w = w.take(D * 3 * D, "mixer.qkv.weight^T");
+    m.in_w = w.take_product(D, 3 * D, "mixer.qkv.weight^T");
     m.in_b = w.take(3 * D, "mixer.qkv.bias");
   } else {
-    m.in_w = w.take(D * 2 * D, "[mixer.U | mixer.V].weight^T");
+    m.in_w = w.take_product(D, 2 * D, "[mixer.U | mixer.V].weight^T");
     m.in_b = w.take(2 * D, "[mixer.U | mixer.V].bias");
     m.bn_scale = w.take(nodes, "mixer.batch_norm scale");
     m.bn_shift = w.take(nodes, "mixer.batch_norm shift");
@@ -175,14 +254,14 @@ ModuleWeights take_module(WeightCursor& w, const Shape& s, Mixer mixer, bool spa
   }
   if (mixer != kGraph) {
     m.softmax_scale = *w.take(1, "mixer.scale");
-    m.proj_w = w.take(D * D, "mixer.proj.weight^T");
+    m.proj_w = w.take_product(D, D, "mixer.proj.weight^T");
     m.proj_b = w.take(D, "mixer.proj.bias");
   }
   m.ln2_g = w.take(D, "norm2.weight");
   m.ln2_b = w.take(D, "norm2.bias");
-  m.fc1_w = w.take(D * s.hidden, "mlp.fc1.weight^T");
+  m.fc1_w = w.take_product(D, s.hidden, "mlp.fc1.weight^T");
   m.fc1_b = w.take(s.hidden, "mlp.fc1.bias");
-  m.fc2_w = w.take((int64_t)s.hidden * D, "mlp.fc2.weight^T");
+  m.fc2_w = w.take_product(s.hidden, D, "mlp.fc2.weight^T");
   m.fc2_b = w.take(D, "mlp.fc2.bias");
   m.ls1 = w.take(D, "layer_scale_1");
   m.ls2 = w.take(D, "layer_scale_2");
@@ -203,11 +282,10 @@ void run_module(const Kernels& k, const ModuleWeights& m, Mixer mixer, bool spat
     for (int64_t r0 = begin; r0 < end; r0 += kChunk) {
       const int64_t n = end - r0 < kChunk ? end - r0 : kChunk;
       k.layer_norm_rows(x + r0 * D, D, n, D, m.ln1_g, m.ln1_b, normed + r0 * D, D);
-      const int out = mixer == kBone ? D : (int)ld;
-      k.product_rows(kStore, normed + r0 * D, D, n, D, m.in_w, m.in_b, out, packed + r0 * ld, ld, nullptr);
+      product(k, kStore, normed + r0 * D, D, n, m.in_w, m.in_b, packed + r0 * ld, ld, nullptr);
       if (mixer == kBone) {
         k.layer_norm_rows(limb + r0 * D, D, n, D, m.ln_limb_g, m.ln_limb_b, limb_normed, D);
-        k.product_rows(kStore, limb_normed, D, n, D, m.kv_w, m.kv_b, 2 * D, packed + r0 * ld + D, ld, nullptr);
+        product(k, kStore, limb_normed, D, n, m.kv_w, m.kv_b, packed + r0 * ld + D, ld, nullptr);
       }
     }
   });
@@ -231,11 +309,11 @@ void run_module(const Kernels& k, const ModuleWeights& m, Mixer mixer, bool spat
     for (int64_t r0 = begin; r0 < end; r0 += kChunk) {
       const int64_t n = end - r0 < kChunk ? end - r0 : kChunk;
       if (mixer != kGraph) {
-        k.product_rows(kResidual, mixed + r0 * D, D, n, D, m.proj_w, m.proj_b, D, x + r0 * D, D, m.ls1);
+        product(k, kResidual, mixed + r0 * D, D, n, m.proj_w, m.proj_b, x + r0 * D, D, m.ls1);
       }
       k.layer_norm_rows(x + r0 * D, D, n, D, m.ln2_g, m.ln2_b, normed_chunk, D);
-      k.product_rows(kGelu, normed_chunk, D, n, D, m.fc1_w, m.fc1_b, s.hidden, hidden, s.hidden, nullptr);
-      k.product_rows(kResidual, hidden, s.hidden, n, s.hidden, m.fc2_w, m.fc2_b, D, x + r0 * D, D, m.ls2);
+      product(k, kGelu, normed_chunk, D, n, m.fc1_w, m.fc1_b, hidden, s.hidden, nullptr);
+      product(k, kResidual, hidden, s.hidden, n, m.fc2_w, m.fc2_b, x + r0 * D, D, m.ls2);
     }
   });
 }
@@ -340,7 +418,7 @@ void run_blocks(const Kernels& k, WeightCursor& cursor, const Shape& s, const in
 }
 
 at::Tensor lift_cpu(const at::Tensor& window, const at::Tensor& weights, at::IntArrayRef sizes,
-                    at::IntArrayRef config_ref) {
+                    at::IntArrayRef config_ref, const std::optional<at::Tensor>& products) {
   TORCH_CHECK(config_ref.size() == kConfigSize, "kasf::lift_cpu: config needs ", (int)kConfigSize, " entries, got ",
               config_ref.size());
   const int64_t* config = config_ref.data();
@@ -376,7 +454,7 @@ at::Tensor lift_cpu(const at::Tensor& window, const at::Tensor& weights, at::Int
   const Kernels& k = kernels();
   const int D = s.D;
   const at::Tensor input = window.contiguous();
-  WeightCursor cursor(weights, sizes);
+  WeightCursor cursor(weights, sizes, products);
 
   // Input normalisation, anatomy features (the kasf::anatomy_features operator), limb fuser, embeddings.
   at::Tensor canonical = at::empty_like(input);
@@ -399,17 +477,17 @@ at::Tensor lift_cpu(const at::Tensor& window, const at::Tensor& weights, at::Int
     const float* limb_w = cursor.take(3 * D, "limb_embed.weight^T");
     const float* limb_b = cursor.take(D, "limb_embed.bias");
     const float* limb_pos = cursor.take(s.joints * D, "limb_pos_embed");
-    const float* fuser_w1 = cursor.take(in_width * limb_hidden, "bone_refusion packed fc1");
+    const ProductWeight fuser_w1 = cursor.take_product(in_width, limb_hidden, "bone_refusion packed fc1");
     const float* fuser_b1 = cursor.take(limb_hidden, "bone_refusion packed fc1 bias");
-    const float* fuser_w2 = cursor.take(limb_hidden * out_width, "bone_refusion packed fc2 (padded)");
+    const ProductWeight fuser_w2 = cursor.take_product(limb_hidden, out_width, "bone_refusion packed fc2 (padded)");
     const float* fuser_b2 = cursor.take(out_width, "bone_refusion packed fc2 bias (padded)");
     const int64_t frames_total = s.batch * s.frames;
     at::Tensor hidden = at::empty({frames_total, limb_hidden}, at::kFloat);
     at::Tensor fused = at::empty({frames_total, out_width}, at::kFloat);
-    k.product_rows(kGelu, canonical.data_ptr<float>(), in_width, frames_total, (int)in_width, fuser_w1, fuser_b1,
-                   (int)limb_hidden, hidden.data_ptr<float>(), limb_hidden, nullptr);
-    k.product_rows(kStore, hidden.data_ptr<float>(), limb_hidden, frames_total, (int)limb_hidden, fuser_w2, fuser_b2,
-                   (int)out_width, fused.data_ptr<float>(), out_width, nullptr);
+    product(k, kGelu, canonical.data_ptr<float>(), in_width, frames_total, fuser_w1, fuser_b1, hidden.data_ptr<float>(),
+            limb_hidden, nullptr);
+    product(k, kStore, hidden.data_ptr<float>(), limb_hidden, frames_total, fuser_w2, fuser_b2, fused.data_ptr<float>(),
+            out_width, nullptr);
     at::Tensor limb_features = at::empty({s.rows, 3}, at::kFloat);
     for (int64_t f = 0; f < frames_total; ++f)
       std::memcpy(limb_features.data_ptr<float>() + f * in_width, fused.data_ptr<float>() + f * out_width,
@@ -426,10 +504,10 @@ at::Tensor lift_cpu(const at::Tensor& window, const at::Tensor& weights, at::Int
   // Head: LayerNorm, Linear(D, dim_rep) + tanh, Linear(dim_rep, dim_out) (padded to 16 columns), times the size.
   const float* norm_g = cursor.take(D, "norm.weight");
   const float* norm_b = cursor.take(D, "norm.bias");
-  const float* rep_w = cursor.take((int64_t)D * rep, "rep_logit.fc.weight^T");
+  const ProductWeight rep_w = cursor.take_product(D, rep, "rep_logit.fc.weight^T");
   const float* rep_b = cursor.take(rep, "rep_logit.fc.bias");
   const int64_t out_pad = padded16(dim_out);
-  const float* head_w = cursor.take(rep * out_pad, "head.weight^T (padded)");
+  const ProductWeight head_w = cursor.take_product(rep, out_pad, "head.weight^T (padded)");
   const float* head_b = cursor.take(out_pad, "head.bias (padded)");
   cursor.expect_end();
   at::Tensor head_scratch = at::empty({at::get_num_threads(), kChunk * (D + rep + out_pad)}, at::kFloat);
@@ -442,8 +520,8 @@ at::Tensor lift_cpu(const at::Tensor& window, const at::Tensor& weights, at::Int
     for (int64_t r0 = begin; r0 < end; r0 += kChunk) {
       const int64_t n = end - r0 < kChunk ? end - r0 : kChunk;
       k.layer_norm_rows(x + r0 * D, D, n, D, norm_g, norm_b, normed, D);
-      k.product_rows(kTanh, normed, D, n, D, rep_w, rep_b, rep, hidden, rep, nullptr);
-      k.product_rows(kStore, hidden, rep, n, rep, head_w, head_b, (int)out_pad, projected, out_pad, nullptr);
+      product(k, kTanh, normed, D, n, rep_w, rep_b, hidden, rep, nullptr);
+      product(k, kStore, hidden, rep, n, head_w, head_b, projected, out_pad, nullptr);
       for (int64_t i = 0; i < n; ++i) {
         const float scale = size[(r0 + i) / s.joints];
         for (int c = 0; c < dim_out; ++c) y[(r0 + i) * dim_out + c] = projected[i * out_pad + c] * scale;
@@ -454,12 +532,14 @@ at::Tensor lift_cpu(const at::Tensor& window, const at::Tensor& weights, at::Int
 }
 
 std::string lift_cpu_kernels() { return kernels().name; }
+std::string lift_cpu_bf16_kernels() { return bf16_kernel().name; }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(kasf, m) {
-  m.def("lift_cpu(Tensor window, Tensor weights, int[] sizes, int[] config) -> Tensor");
+  m.def("lift_cpu(Tensor window, Tensor weights, int[] sizes, int[] config, Tensor? products=None) -> Tensor");
   m.def("lift_cpu_kernels() -> str", &lift_cpu_kernels);
+  m.def("lift_cpu_bf16_kernels() -> str", &lift_cpu_bf16_kernels);
 }
 
 TORCH_LIBRARY_IMPL(kasf, CPU, m) {

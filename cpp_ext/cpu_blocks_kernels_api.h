@@ -39,4 +39,19 @@ KASF_DECLARE_CPU_KERNELS(avx512)
 KASF_DECLARE_CPU_KERNELS(avx2)
 KASF_DECLARE_CPU_KERNELS(generic)
 
+// bf16 products (cpu_blocks_bf16.cpp): y = epilogue(bf16(x) W + b) with float32 accumulation, on AMX tiles or with
+// AVX512-BF16 dot products. W is packed by kasf.model.native_cpu.pack_products_bf16: K padded with zero rows to a
+// multiple of 32 (Kp), then pairs of rows interleaved, value (k, n) at [(k / 2) * 2N + 2n + k % 2] (the layout both
+// AMX's B tiles and vdpbf16ps read). `scratch` holds bf16_scratch_values(K) bf16 values (the rows of x converted);
+// rows any count, N a multiple of 16.
+namespace bf16 {
+bool amx_supported();  // the CPU has AMX-BF16 and the kernel let this process use the tile registers
+bool dot_supported();  // the CPU has AVX512-BF16
+int64_t bf16_scratch_values(int K);
+void product_rows_amx(int epilogue, const float* x, int64_t ldx, int64_t rows, int K, const uint16_t* w,
+                      const float* bias, int N, float* y, int64_t ldy, const float* scale, uint16_t* scratch);
+void product_rows_dot(int epilogue, const float* x, int64_t ldx, int64_t rows, int K, const uint16_t* w,
+                      const float* bias, int N, float* y, int64_t ldy, const float* scale, uint16_t* scratch);
+}  // namespace bf16
+
 }  // namespace kasf_cpu

@@ -78,7 +78,8 @@ def plan() -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
     # The transformer blocks' CPU kernels come once per instruction set (each file sets its own target and is a
     # stub where the compiler cannot target it); cpu_blocks.cpp picks one at run time.
     sources = [str(SOURCES.relative_to(ROOT) / name) for name in (
-        "anatomy_op.cpp", "cpu_blocks.cpp", "cpu_blocks_avx512.cpp", "cpu_blocks_avx2.cpp", "cpu_blocks_generic.cpp")]
+        "anatomy_op.cpp", "cpu_blocks.cpp", "cpu_blocks_avx512.cpp", "cpu_blocks_avx2.cpp", "cpu_blocks_generic.cpp",
+        "cpu_blocks_bf16.cpp")]
     toolkit = cuda_home(cpp_extension.CUDA_HOME)
     want_cuda = not _truthy("KASF_NO_CUDA_EXT")
     use_cuda = want_cuda and torch.version.cuda is not None and toolkit is not None

@@ -73,3 +73,13 @@ def test_auto_precision_says_what_it_picked(monkeypatch, caplog, native_bf16, th
 
 def test_explicit_precision_has_no_choice():
     assert Lifter.load("demo", device="cpu", precision="fp32").choice is None
+
+
+@pytest.mark.parametrize("kernel, width, expected", [
+    ("amx", cpu_choice.NATIVE_AMX_MIN_WIDTH, "bf16"), ("amx", cpu_choice.NATIVE_AMX_MIN_WIDTH - 1, "fp32"),
+    ("avx512_bf16", 512, "fp32"), (None, 512, "fp32"),
+])
+def test_native_path_choice_takes_bf16_only_on_amx(kernel, width, expected):
+    features = CpuFeatures(native_bf16=kernel is not None, onnxruntime=True, native_path_bf16=kernel)
+    choice = choose_cpu_precision(features, width, native_path=True)
+    assert choice.precision == expected and choice.reason.startswith(f"auto picked native {expected}")

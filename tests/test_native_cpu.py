@@ -169,7 +169,7 @@ def test_models_it_cannot_run_are_refused_by_name() -> None:
 
 def test_operator_checks_its_weights_and_config() -> None:
     model = perturbed_model("kasportsformer-t")
-    weights, sizes, config = pack_lifter(model)
+    weights, sizes, config, _ = pack_lifter(model)
     x = _windows(1)
     last = sizes[-1]
     with pytest.raises(RuntimeError, match="weight list ended"):
@@ -189,7 +189,7 @@ def test_operator_checks_its_weights_and_config() -> None:
 def test_opcheck() -> None:
     """Schema, fake (shape) kernel and dispatch of the operator agree (torch.library.opcheck)."""
     model = perturbed_model("kasportsformer-t", n_layers=1)
-    weights, sizes, config = pack_lifter(model)
+    weights, sizes, config, _ = pack_lifter(model)
     assert len(config) == len(CONFIG_KEYS)
     torch.library.opcheck(torch.ops.kasf.lift_cpu.default, (_windows(2), weights, sizes, config),
                           test_utils=("test_schema", "test_faketensor"))
@@ -215,15 +215,14 @@ def test_lifter_refuses_native_where_it_cannot_run(tmp_path) -> None:
     from kasf.runtime import Lifter
     from kasf.runtime.errors import LifterError
 
-    with pytest.raises(LifterError, match="precision is bf16"):
-        Lifter.load("demo", device="cpu", inference_path="native", precision="bf16")
+    with pytest.raises(LifterError, match="precision is fp16"):
+        Lifter.load("demo", device="cpu", inference_path="native", precision="fp16")
     with pytest.raises(LifterError, match="torch.compile"):
         Lifter.load("demo", device="cpu", inference_path="native", compile=True)
     with pytest.raises(LifterError, match="applies to checkpoints"):
         Lifter.load("model.onnx", device="cpu", inference_path="native")
-    from kasf.hardware import cpu_has_native_bf16
-
     import kasf
+    from kasf.hardware import cpu_has_native_bf16
 
     mlp = kasf.save_checkpoint(tmp_path / "mlp.pt", build("mlp-baseline"))
     auto = Lifter.load(mlp, device="cpu", inference_path="auto")
@@ -231,6 +230,6 @@ def test_lifter_refuses_native_where_it_cannot_run(tmp_path) -> None:
     with pytest.raises(LifterError, match="not a KASportsFormer"):
         Lifter.load(mlp, device="cpu", inference_path="native")
 
-    if cpu_has_native_bf16():  # elsewhere bf16 itself is refused (emulated), before any path is chosen
-        auto = Lifter.load("demo", device="cpu", inference_path="auto", precision="bf16")
-        assert auto.metadata["inference_path"] == "reference" and "precision is bf16" in auto.choice
+    if not cpu_has_native_bf16():  # no AMX or AVX512-BF16: the native bf16 path says so by name
+        with pytest.raises(LifterError, match="AMX-BF16 or AVX512-BF16"):
+            Lifter.load("demo", device="cpu", inference_path="native", precision="bf16")

@@ -137,23 +137,27 @@ class KASportsFormer(nn.Module):
         self.rep_logit.add_module("act", nn.Tanh())
         self.head = nn.Linear(dim_rep, dim_out)
 
-    def set_inference_path(self, path: str) -> "KASportsFormer":
+    def set_inference_path(self, path: str, precision: str = "fp32") -> "KASportsFormer":
         """'reference' (default): the reference code's formulation. 'fused': scaled_dot_product_attention and the
         51 limb MLPs as two dense block-matrix products. 'onnxruntime': 'fused', and an ONNX export writes each
         attention as one ONNX Runtime contrib node (only ORT runs that graph). Same weights, same function
         (fixtures match each path to 1e-5); eager on the 2-core CPU of benchmarks/results the fused path was not
         faster, so it is opt-in. 'native': the whole forward in one call of the C++ operator kasf::lift_cpu
-        (kasf.model.native_cpu): CPU, float32, inference only."""
+        (kasf.model.native_cpu): CPU, float32 windows, inference only; ``precision='bf16'`` runs its matrix products
+        in bf16 (AMX or AVX512-BF16; the other paths take their precision from autocast instead)."""
         if path not in INFERENCE_PATHS:
             raise ValueError(f"inference path must be one of {', '.join(map(repr, INFERENCE_PATHS))}, got {path!r}")
+        if precision != "fp32" and path != "native":
+            raise ValueError(f"precision={precision!r} applies to the 'native' inference path; {path!r} takes "
+                             "reduced precision from torch.autocast")
         self._native = None
         if path == "native":
             from kasf.model.native_cpu import NativeLifter, unavailable_reason
 
-            reason = unavailable_reason(self)
+            reason = unavailable_reason(self, precision)
             if reason:
                 raise ValueError(f"inference path 'native' is not available: {reason}")
-            self._native = NativeLifter(self)
+            self._native = NativeLifter(self, precision)
         for module in self.modules():
             if isinstance(module, Attention):
                 module.fused = path != "reference"

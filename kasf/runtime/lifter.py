@@ -70,8 +70,9 @@ class Lifter:
         converted once (kasf.runtime.cpu_bf16); ``precision='auto'`` (checkpoints on the CPU only) picks fp32 or
         bf16 from the machine's features (kasf.runtime.cpu_choice) and records why in ``Lifter.choice``.
         ``inference_path='native'`` runs a checkpoint's whole forward in one C++ call (kasf.model.native_cpu; CPU,
-        fp32); ``'auto'`` takes it on the CPU in fp32 where it is available and the reference path elsewhere, and
-        records which and why in ``Lifter.choice``.
+        fp32, or bf16 products on AMX / AVX512-BF16 with ``precision='bf16'``); ``'auto'`` takes it on the CPU where
+        it is available and the reference path elsewhere, and records which and why in ``Lifter.choice``; with
+        ``precision='auto'`` too, the native path's precision is picked from the CPU (bf16 where AMX pays).
         ``workers`` (ONNX Runtime on the CPU): split a batch into this many parts run at once, each in its own
         session with ``threads // workers`` threads (default 1 each), e.g. the people of a frame over the cores."""
         if device not in DEVICES:
@@ -143,20 +144,25 @@ def _load_torch(path: str | os.PathLike, device: str, preset: str | None, config
             raise LifterError("precision='auto' chooses among CPU variants; give device='cpu' (or a precision)")
         from kasf.runtime.cpu_choice import choose_cpu_precision, detect_cpu_features
 
-        picked = choose_cpu_precision(detect_cpu_features(), int(model.config.get("dim_feat", 0)))
+        picked = choose_cpu_precision(detect_cpu_features(), int(model.config.get("dim_feat", 0)),
+                                      native_path=_native_possible(model, inference_path, device, compile))
         precision = picked.precision
         choice = picked.reason
         log.info("%s", choice)
     inference_path, path_choice = _choose_inference_path(model, inference_path, device, precision, compile)
     if path_choice:
         choice = path_choice if choice is None else f"{choice}; {path_choice}"
+    native = inference_path == "native"
     try:
-        model.set_inference_path(inference_path)
+        if native:
+            model.set_inference_path(inference_path, precision=precision)
+        else:
+            model.set_inference_path(inference_path)
     except ValueError as err:
         raise LifterError(str(err)) from None
-    if inference_path == "native":
+    if native:
         model._native.freeze()  # the Lifter owns the model: its weights cannot change, so no per-call check
-    autocast_dtype = _torch_precision(precision, device)
+    autocast_dtype = None if native else _torch_precision(precision, device)
     meta = {"config": model.config, "preset": info.preset or preset or "", **info.conventions,
             "training": info.metadata}
     if cuda_graphs is None:
@@ -176,7 +182,7 @@ def _load_torch(path: str | os.PathLike, device: str, preset: str | None, config
 
         return Lifter(run_graphed, "torch", device, precision, model.n_frames,
                       {**meta, "cuda_graphs": True}, max_batch=graphed.max_batch)
-    if device == "cpu" and precision == "bf16":
+    if device == "cpu" and precision == "bf16" and not native:
         from kasf.runtime.cpu_bf16 import with_bf16_matmuls
 
         model, autocast_dtype = with_bf16_matmuls(model), None  # weights converted once, no per-call autocast
@@ -195,34 +201,47 @@ def _load_torch(path: str | os.PathLike, device: str, preset: str | None, config
                   choice=choice)
 
 
+def _native_blocker(model: Any, device: str, precision: str, compile: bool | str) -> str | None:
+    """Why the native CPU path cannot run this model as asked, or None."""
+    from kasf.model.kasportsformer import KASportsFormer
+    from kasf.model.native_cpu import PRECISIONS, unavailable_reason
+
+    return (f"device is {device}" if device != "cpu" else
+            f"precision is {precision}" if precision not in PRECISIONS else
+            "torch.compile was asked for" if compile else
+            "the model is not a KASportsFormer / MotionAGFormer" if not isinstance(model, KASportsFormer) else
+            unavailable_reason(model, precision))
+
+
+def _native_possible(model: Any, path: str, device: str, compile: bool | str) -> bool:
+    """Whether ``path`` ('auto' or 'native') will run the native path, for precision='auto' to choose by."""
+    return path in ("auto", "native") and _native_blocker(model, device, "fp32", compile) is None
+
+
 def _choose_inference_path(model: Any, path: str, device: str, precision: str,
                            compile: bool | str) -> tuple[str, str | None]:
     """(the inference path to run, why: for Lifter.choice, or None when the caller named the path).
 
-    'native' is a CPU fp32 kernel: asked for elsewhere it is an error, not a quiet substitute; 'auto' takes it
-    where it runs and says why not otherwise.
+    'native' is a CPU kernel (fp32, or bf16 products): asked for where it cannot run it is an error, not a quiet
+    substitute; 'auto' takes it where it runs and says why not otherwise.
     """
     if path not in ("auto", "native"):
         return path, None
-    from kasf.model.kasportsformer import KASportsFormer
-    from kasf.model.native_cpu import unavailable_reason
-
-    blocker = (f"device is {device}" if device != "cpu" else
-               f"precision is {precision}" if precision != "fp32" else
-               "torch.compile was asked for" if compile else
-               "the model is not a KASportsFormer / MotionAGFormer" if not isinstance(model, KASportsFormer) else
-               unavailable_reason(model))
+    blocker = _native_blocker(model, device, precision, compile)
     if path == "native":
         if blocker:
             raise LifterError(f"inference path 'native' is not available: {blocker} (it runs a checkpoint on the "
-                              "CPU in fp32, without torch.compile)")
+                              "CPU in fp32 or bf16, without torch.compile)")
         return "native", None
     if blocker:
         choice = f"inference path: reference (native CPU kernels not used: {blocker})"
     else:
         import torch
 
-        choice = f"inference path: native CPU kernels ({torch.ops.kasf.lift_cpu_kernels()})"
+        kernels = torch.ops.kasf.lift_cpu_kernels()
+        if precision == "bf16":
+            kernels += f", bf16 products on {torch.ops.kasf.lift_cpu_bf16_kernels()}"
+        choice = f"inference path: native CPU kernels ({kernels})"
     log.info("%s", choice)
     return ("reference" if blocker else "native"), choice
 
