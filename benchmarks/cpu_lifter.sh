@@ -9,12 +9,12 @@ cd "$(dirname "$0")/.."
 THREADS="${THREADS:-$(nproc)}"
 R="${RESULTS:-benchmarks/results}"
 kasf-bench --presets kasportsformer-t --threads "$THREADS" \
-  --backends eager-reference,eager-fused,native,compile,bf16,cpu-auto,ort-fp32,ort-int8,ort-cpu-fp32,ort-cpu-int8 \
+  --backends eager-reference,eager-fused,native,native-bf16,compile,bf16,cpu-auto,ort-fp32,ort-int8,ort-cpu-fp32,ort-cpu-int8 \
   --batches 1 \
   --min-time "${MIN_TIME:-3}" --warmup 5 --json $R/cpu_lifter_demo.json --markdown $R/cpu_lifter_demo.md
 if [ "${SKIP_FULL:-0}" != 1 ]; then
   kasf-bench --presets kasportsformer --threads "$THREADS" \
-    --backends eager-reference,native,bf16,cpu-auto,ort-cpu-fp32,ort-cpu-int8 --batches 1 \
+    --backends eager-reference,native,native-bf16,bf16,cpu-auto,ort-cpu-fp32,ort-cpu-int8 --batches 1 \
     --min-time "${MIN_TIME:-5}" --warmup 2 \
     --json $R/cpu_lifter_full.json --markdown $R/cpu_lifter_full.md
 fi

@@ -27,7 +27,7 @@ from kasf.quiet import quiet_third_party
 
 BASELINE = "eager-reference"
 BACKENDS = ("eager-reference", "eager-fused", "compile", "compile-cudagraphs", "cudagraph", "cudagraph-fp16",
-            "cudagraph-bf16", "bf16", "fp16", "cpu-auto", "native", "ort-fp32", "ort-int8", "ort-cpu-fp32",
+            "cudagraph-bf16", "bf16", "fp16", "cpu-auto", "native", "native-bf16", "ort-fp32", "ort-int8", "ort-cpu-fp32",
             "ort-cpu-int8", "trt-fp16", "trt-int8", "triton")
 
 
@@ -87,9 +87,11 @@ def _runner(backend: str, checkpoint: Path, workdir: Path, device: str, threads:
     if backend in ("eager-reference", "eager-fused"):
         path = "reference" if backend == "eager-reference" else "fused"
         return Lifter.load(checkpoint, device=device, inference_path=path, cuda_graphs=False).predict, "fp32"
-    if backend == "native":  # the whole forward in one C++ call (kasf.model.native_cpu)
+    if backend in ("native", "native-bf16"):  # the whole forward in one C++ call (kasf.model.native_cpu)
+        precision = "bf16" if backend == "native-bf16" else "fp32"  # bf16: products on AMX / AVX512-BF16
         try:
-            return Lifter.load(checkpoint, device=device, inference_path="native").predict, "fp32"
+            return Lifter.load(checkpoint, device=device, inference_path="native", precision=precision).predict, \
+                precision
         except LifterError as err:
             raise RuntimeError(str(err)) from None
     if backend == "compile":
@@ -106,10 +108,10 @@ def _runner(backend: str, checkpoint: Path, workdir: Path, device: str, threads:
             return Lifter.load(checkpoint, device=device, precision=precision, cuda_graphs=True).predict, precision
         except LifterError as err:
             raise RuntimeError(str(err)) from None
-    if backend == "cpu-auto":  # Lifter.load(..., precision="auto"): the variant kasf picks for this CPU
+    if backend == "cpu-auto":  # precision and inference path 'auto': what kasf picks for this CPU (as kasf-stream)
         if device != "cpu":
             raise RuntimeError("precision='auto' chooses among CPU variants: needs --device cpu")
-        lifter = Lifter.load(checkpoint, device=device, precision="auto")
+        lifter = Lifter.load(checkpoint, device=device, precision="auto", inference_path="auto")
         return lifter.predict, lifter.precision
     if backend in ("bf16", "fp16"):  # eager; on the CPU bf16 weights converted once, on CUDA autocast
         try:

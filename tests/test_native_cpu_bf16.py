@@ -103,10 +103,13 @@ def test_each_bf16_kernel_rounds_where_it_claims(kernel: str) -> None:
         assert float(mean_to_emulation) < 0.4 * float(mean_error)
 
 
-def test_unknown_bf16_kernel_is_refused() -> None:
-    done = subprocess.run([sys.executable, "-c", "import kasf.anatomy_op.native as n, torch; n.load();"
-                           "print(torch.ops.kasf.lift_cpu_bf16_kernels())"], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "KASF_CPU_BF16": "avx9"}, cwd=ROOT)
+def test_unknown_bf16_kernel_is_reported_then_refused() -> None:
+    """kasf-info --env names the bad setting; the operator refuses it."""
+    done = subprocess.run([sys.executable, "-c", "import kasf.anatomy_op.native as n, torch;"
+                           "print(n.status()['native_cpu_forward']); torch.ops.kasf.lift_cpu_bf16_kernels()"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "KASF_CPU_BF16": "avx9"},
+                          cwd=ROOT)
+    assert "; bf16 products: unusable: KASF_CPU_BF16 must be amx or avx512_bf16" in done.stdout
     assert done.returncode != 0 and "KASF_CPU_BF16 must be amx or avx512_bf16" in done.stderr
 
 

@@ -109,13 +109,19 @@ def cuda_kernels_built() -> bool:
 
 
 def _native_cpu_kernels(loaded: bool) -> str:
-    """The kernel set kasf::lift_cpu runs here, or why none (a bad KASF_CPU_KERNELS is reported, not raised)."""
-    if not loaded or not hasattr(torch.ops.kasf, "lift_cpu"):
+    """The kernel set kasf::lift_cpu runs here and its bf16 products' kernel, or why none (a bad KASF_CPU_KERNELS
+    or KASF_CPU_BF16 is reported, not raised)."""
+    if not loaded or not hasattr(torch.ops.kasf, "lift_cpu_bf16_kernels"):
         return "not built"
     try:
-        return torch.ops.kasf.lift_cpu_kernels()
+        kernels = torch.ops.kasf.lift_cpu_kernels()
     except RuntimeError as err:
         return f"unusable: {str(err).splitlines()[0]}"
+    try:
+        bf16 = torch.ops.kasf.lift_cpu_bf16_kernels() or "none (no AMX-BF16 or AVX512-BF16)"
+    except RuntimeError as err:
+        bf16 = f"unusable: {str(err).splitlines()[0]}"
+    return f"{kernels}; bf16 products: {bf16}"
 
 
 def status() -> dict[str, Any]:

@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "2D detector and rendering, and a small lifter at batch 1-4 loses more to thread hand-offs "
                         "than it gains; 0 keeps PyTorch's default)")
     p.add_argument("--inference-path", choices=("auto", "native", "reference", "fused"), default="auto",
-                   help="how a checkpoint runs: 'native' is the whole forward in one C++ call on the CPU (fp32); "
+                   help="how a checkpoint runs: 'native' is the whole forward in one C++ call on the CPU (fp32, or "
+                        "bf16 products on AMX / AVX512-BF16 with --precision bf16); "
                         "'auto' (default) takes it on the CPU where it is available and says which it took")
     p.add_argument("--workers", type=int, default=1,
                    help="ONNX Runtime on the CPU (an .onnx model): lift each frame's people as this many parts at "
