@@ -15,6 +15,9 @@
 
 #include <torch/library.h>
 #include <ATen/ATen.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
@@ -24,6 +27,7 @@
 #include <cstring>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cpu_blocks_kernels_api.h"
@@ -195,9 +199,54 @@ struct Shape {
   }
 };
 
+// The intra-op threads as one team for a whole forward: one OpenMP parallel region, each thread with a fixed share
+// of the token rows, and a barrier only before and after each module's sequence pass (2 a module instead of the 3
+// parallel regions a module took with at::parallel_for). Row passes touch only their thread's own rows, so a
+// module's last row pass, the next module's first and a block's fusion need no barrier between them. In an A/B on
+// the 2-core machine this was as fast or faster at every size (docs/cpu_inference.md); the threads still spend
+// ~12 % of a demo window waiting at barriers for each other.
+struct Team {
+  int id = 0, size = 1;
+  void sync() const {
+#ifdef _OPENMP
+    if (size > 1) {
+#pragma omp barrier
+    }
+#endif
+  }
+  // This thread's share of [0, n): contiguous, in whole units of `unit` where there are enough of them.
+  std::pair<int64_t, int64_t> share(int64_t n, int64_t unit = 1) const {
+    const int64_t units = (n + unit - 1) / unit;
+    const int64_t begin = std::min(n, units * id / size * unit), end = std::min(n, units * (id + 1) / size * unit);
+    return {begin, end};
+  }
+};
+
+// Runs body(team) on every intra-op thread (at::get_num_threads()) at once; on one thread, or already inside a
+// parallel region, on this thread alone. Every thread must call team.sync() the same number of times.
+template <class Body>
+void in_team(Body&& body) {
+  const int threads = at::get_num_threads();
+#ifdef _OPENMP
+  if (threads > 1 && !at::in_parallel_region() && !omp_in_parallel()) {
+#pragma omp parallel num_threads(threads)
+    {
+      Team team;
+      team.id = omp_get_thread_num();
+      team.size = omp_get_num_threads();
+      body(team);
+    }
+    return;
+  }
+#endif
+  (void)threads;
+  body(Team{});
+}
+
 // Per-thread scratch, reused by every module: rows of LayerNorm output and MLP hidden units for a chunk of tokens,
 // and the attention or graph workspace of one sequence.
 constexpr int64_t kChunk = 48;
+constexpr int64_t kRowUnit = 32;  // thread shares of the rows in whole AMX blocks (cpu_blocks_bf16.cpp)
 
 struct Workspace {
   Workspace(const Shape& s, int threads) {
@@ -213,7 +262,7 @@ struct Workspace {
     packed = at::empty({s.rows, 3 * s.D}, at::kFloat);
     mixed = at::empty({s.rows, s.D}, at::kFloat);
   }
-  float* mine() { return scratch.data_ptr<float>() + at::get_thread_num() * per_thread; }
+  float* mine(const Team& team) { return scratch.data_ptr<float>() + team.id * per_thread; }
   int64_t per_thread;
   at::Tensor scratch, normed, packed, mixed;
 };
@@ -269,53 +318,55 @@ ModuleWeights take_module(WeightCursor& w, const Shape& s, Mixer mixer, bool spa
 }
 
 // One pre-norm residual unit, in place on x (rows x D): x += ls1 * mixer(norm1(x)); x += ls2 * mlp(norm2(x)).
+// `start` (or nullptr) is copied into this thread's rows of x first: the branch's input. Run by the whole team;
+// on return this thread's rows of x are final, other threads' may not be yet.
 void run_module(const Kernels& k, const ModuleWeights& m, Mixer mixer, bool spatial, const Shape& s,
-                Workspace& ws, float* x, const float* limb) {
+                Workspace& ws, float* x, const float* start, const float* limb, const Team& team) {
   const int D = s.D;
   float* normed = ws.normed.data_ptr<float>();
   float* packed = ws.packed.data_ptr<float>();
   float* mixed = ws.mixed.data_ptr<float>();
   const int64_t ld = mixer == kGraph ? 2 * D : 3 * D;
-  // Pass 1 (rows): norm1, and the mixer's input products: qkv; q and kv (bone, kv from norm1_limb(limb)); U|V.
-  at::parallel_for(0, s.rows, kChunk, [&](int64_t begin, int64_t end) {
-    float* limb_normed = ws.mine();
-    for (int64_t r0 = begin; r0 < end; r0 += kChunk) {
-      const int64_t n = end - r0 < kChunk ? end - r0 : kChunk;
-      k.layer_norm_rows(x + r0 * D, D, n, D, m.ln1_g, m.ln1_b, normed + r0 * D, D);
-      product(k, kStore, normed + r0 * D, D, n, m.in_w, m.in_b, packed + r0 * ld, ld, nullptr);
-      if (mixer == kBone) {
-        k.layer_norm_rows(limb + r0 * D, D, n, D, m.ln_limb_g, m.ln_limb_b, limb_normed, D);
-        product(k, kStore, limb_normed, D, n, m.kv_w, m.kv_b, packed + r0 * ld + D, ld, nullptr);
-      }
+  const auto [row_begin, row_end] = team.share(s.rows, kRowUnit);
+  // Pass 1 (this thread's rows): norm1, and the mixer's input products: qkv; q and kv (bone, kv from
+  // norm1_limb(limb)); U|V.
+  float* limb_normed = ws.mine(team);
+  for (int64_t r0 = row_begin; r0 < row_end; r0 += kChunk) {
+    const int64_t n = row_end - r0 < kChunk ? row_end - r0 : kChunk;
+    if (start != nullptr) std::memcpy(x + r0 * D, start + r0 * D, n * D * sizeof(float));
+    k.layer_norm_rows(x + r0 * D, D, n, D, m.ln1_g, m.ln1_b, normed + r0 * D, D);
+    product(k, kStore, normed + r0 * D, D, n, m.in_w, m.in_b, packed + r0 * ld, ld, nullptr);
+    if (mixer == kBone) {
+      k.layer_norm_rows(limb + r0 * D, D, n, D, m.ln_limb_g, m.ln_limb_b, limb_normed, D);
+      product(k, kStore, limb_normed, D, n, m.kv_w, m.kv_b, packed + r0 * ld + D, ld, nullptr);
     }
-  });
-  // Pass 2 (sequences): attention into `mixed`, or the graph mixer, which adds its layer-scaled output to x.
-  const int64_t sequences = s.sequences(spatial);
-  at::parallel_for(0, sequences, 1, [&](int64_t begin, int64_t end) {
-    float* scratch = ws.mine() + kChunk * (s.D + s.hidden);
-    for (int64_t i = begin; i < end; ++i) {
-      const Sequence seq = s.sequence(spatial, i);
-      if (mixer == kGraph) {
-        k.graph_sequence(normed, packed, seq, D, m.adjacency, s.neighbours, m.bn_scale, m.bn_shift, m.ls1, x, scratch);
-      } else {
-        k.attend_sequence(packed, ld, seq, D, s.heads, m.softmax_scale, mixed, D, scratch);
-      }
+  }
+  team.sync();
+  // Pass 2 (this thread's sequences, which span every thread's rows): attention into `mixed`, or the graph mixer,
+  // which adds its layer-scaled output to x.
+  const auto [seq_begin, seq_end] = team.share(s.sequences(spatial));
+  float* scratch = ws.mine(team) + kChunk * (s.D + s.hidden);
+  for (int64_t i = seq_begin; i < seq_end; ++i) {
+    const Sequence seq = s.sequence(spatial, i);
+    if (mixer == kGraph) {
+      k.graph_sequence(normed, packed, seq, D, m.adjacency, s.neighbours, m.bn_scale, m.bn_shift, m.ls1, x, scratch);
+    } else {
+      k.attend_sequence(packed, ld, seq, D, s.heads, m.softmax_scale, mixed, D, scratch);
     }
-  });
-  // Pass 3 (rows): attention's output product and residual, then norm2 and the MLP with its residual.
-  at::parallel_for(0, s.rows, kChunk, [&](int64_t begin, int64_t end) {
-    float* normed_chunk = ws.mine();
-    float* hidden = normed_chunk + kChunk * D;
-    for (int64_t r0 = begin; r0 < end; r0 += kChunk) {
-      const int64_t n = end - r0 < kChunk ? end - r0 : kChunk;
-      if (mixer != kGraph) {
-        product(k, kResidual, mixed + r0 * D, D, n, m.proj_w, m.proj_b, x + r0 * D, D, m.ls1);
-      }
-      k.layer_norm_rows(x + r0 * D, D, n, D, m.ln2_g, m.ln2_b, normed_chunk, D);
-      product(k, kGelu, normed_chunk, D, n, m.fc1_w, m.fc1_b, hidden, s.hidden, nullptr);
-      product(k, kResidual, hidden, s.hidden, n, m.fc2_w, m.fc2_b, x + r0 * D, D, m.ls2);
+  }
+  team.sync();
+  // Pass 3 (this thread's rows): attention's output product and residual, then norm2 and the MLP with its residual.
+  float* normed_chunk = ws.mine(team);
+  float* hidden = normed_chunk + kChunk * D;
+  for (int64_t r0 = row_begin; r0 < row_end; r0 += kChunk) {
+    const int64_t n = row_end - r0 < kChunk ? row_end - r0 : kChunk;
+    if (mixer != kGraph) {
+      product(k, kResidual, mixed + r0 * D, D, n, m.proj_w, m.proj_b, x + r0 * D, D, m.ls1);
     }
-  });
+    k.layer_norm_rows(x + r0 * D, D, n, D, m.ln2_g, m.ln2_b, normed_chunk, D);
+    product(k, kGelu, normed_chunk, D, n, m.fc1_w, m.fc1_b, hidden, s.hidden, nullptr);
+    product(k, kResidual, hidden, s.hidden, n, m.fc2_w, m.fc2_b, x + r0 * D, D, m.ls2);
+  }
 }
 
 // Input normalisation (kasf.model.input_norm.canonical_input): pelvis-centred, divided by the confidence-weighted
@@ -371,49 +422,51 @@ void embed(const float* in, int64_t rows, int64_t joints, int D, const float* w,
   }
 }
 
-void run_blocks(const Kernels& k, WeightCursor& cursor, const Shape& s, const int64_t* config, float* stream,
-                const float* bone, const float* limb) {
-  const bool anatomy = config[kAnatomy] != 0, adaptive = config[kAdaptive] != 0;
-  Workspace ws(s, at::get_num_threads());
-  const int n_branches = anatomy ? 3 : 2;
-  std::vector<at::Tensor> branch_storage;
-  for (int b = 0; b < n_branches; ++b) branch_storage.push_back(at::empty({s.rows, s.D}, at::kFloat));
-  const int64_t bytes = s.rows * s.D * (int64_t)sizeof(float);
-  for (int64_t layer = 0; layer < config[kLayers]; ++layer) {
-    const ModuleWeights att_s = take_module(cursor, s, kAttention, true);
-    const ModuleWeights att_t = take_module(cursor, s, kAttention, false);
-    const ModuleWeights graph_s = take_module(cursor, s, kGraph, true);
-    const ModuleWeights graph_t = take_module(cursor, s, kGraph, false);
-    ModuleWeights bone_s{}, bone_t{};
-    if (anatomy) {
-      bone_s = take_module(cursor, s, kBone, true);
-      bone_t = take_module(cursor, s, kBone, false);
-    }
-    const float* fusion_w = cursor.take(adaptive ? (int64_t)n_branches * n_branches * s.D : 0, "fusion.weight");
-    const float* fusion_b = cursor.take(adaptive ? n_branches : 0, "fusion.bias");
+struct LayerWeights {
+  ModuleWeights att_s, att_t, graph_s, graph_t, bone_s, bone_t;
+  const float *fusion_w, *fusion_b;
+};
 
-    float* att = branch_storage[0].data_ptr<float>();
-    float* graph = branch_storage[1].data_ptr<float>();
-    std::memcpy(att, stream, bytes);
-    run_module(k, att_s, kAttention, true, s, ws, att, nullptr);
-    run_module(k, att_t, kAttention, false, s, ws, att, nullptr);
-    std::memcpy(graph, stream, bytes);
-    run_module(k, graph_s, kGraph, true, s, ws, graph, nullptr);
-    run_module(k, graph_t, kGraph, false, s, ws, graph, nullptr);
-    const float* branches[3] = {att, graph, nullptr};
+std::vector<LayerWeights> take_layers(WeightCursor& cursor, const Shape& s, const int64_t* config) {
+  const bool anatomy = config[kAnatomy] != 0, adaptive = config[kAdaptive] != 0;
+  const int n_branches = anatomy ? 3 : 2;
+  std::vector<LayerWeights> layers(config[kLayers]);
+  for (LayerWeights& w : layers) {
+    w.att_s = take_module(cursor, s, kAttention, true);
+    w.att_t = take_module(cursor, s, kAttention, false);
+    w.graph_s = take_module(cursor, s, kGraph, true);
+    w.graph_t = take_module(cursor, s, kGraph, false);
     if (anatomy) {
-      float* bone_stream = branch_storage[2].data_ptr<float>();
-      // The first block's bone branch starts from the bone features, the later ones from the block's input.
-      std::memcpy(bone_stream, layer == 0 ? bone : stream, bytes);
-      run_module(k, bone_s, kBone, true, s, ws, bone_stream, limb);
-      run_module(k, bone_t, kBone, false, s, ws, bone_stream, limb);
-      branches[2] = bone_stream;
+      w.bone_s = take_module(cursor, s, kBone, true);
+      w.bone_t = take_module(cursor, s, kBone, false);
     }
-    at::parallel_for(0, s.rows, kChunk, [&](int64_t begin, int64_t end) {
-      const float* parts[3] = {branches[0] + begin * s.D, branches[1] + begin * s.D,
-                               anatomy ? branches[2] + begin * s.D : nullptr};
-      k.fuse_rows(parts, n_branches, end - begin, s.D, fusion_w, fusion_b, stream + begin * s.D);
-    });
+    w.fusion_w = cursor.take(adaptive ? (int64_t)n_branches * n_branches * s.D : 0, "fusion.weight");
+    w.fusion_b = cursor.take(adaptive ? n_branches : 0, "fusion.bias");
+  }
+  return layers;
+}
+
+// Every block, run by the whole team, in place on `stream`; `branch` holds a (rows, D) buffer per branch. Each
+// block's branches start from this thread's rows of the stream (the first bone branch from the bone features), and
+// its fusion writes this thread's rows back: rows no other thread touches between the modules' sequence passes.
+void run_blocks(const Kernels& k, const std::vector<LayerWeights>& layers, const Shape& s, bool anatomy,
+                Workspace& ws, float* const* branch, float* stream, const float* bone, const float* limb,
+                const Team& team) {
+  const int n_branches = anatomy ? 3 : 2;
+  const auto [row_begin, row_end] = team.share(s.rows, kRowUnit);
+  for (size_t layer = 0; layer < layers.size(); ++layer) {
+    const LayerWeights& w = layers[layer];
+    run_module(k, w.att_s, kAttention, true, s, ws, branch[0], stream, nullptr, team);
+    run_module(k, w.att_t, kAttention, false, s, ws, branch[0], nullptr, nullptr, team);
+    run_module(k, w.graph_s, kGraph, true, s, ws, branch[1], stream, nullptr, team);
+    run_module(k, w.graph_t, kGraph, false, s, ws, branch[1], nullptr, nullptr, team);
+    if (anatomy) {
+      run_module(k, w.bone_s, kBone, true, s, ws, branch[2], layer == 0 ? bone : stream, limb, team);
+      run_module(k, w.bone_t, kBone, false, s, ws, branch[2], nullptr, limb, team);
+    }
+    const float* parts[3] = {branch[0] + row_begin * s.D, branch[1] + row_begin * s.D,
+                             anatomy ? branch[2] + row_begin * s.D : nullptr};
+    k.fuse_rows(parts, n_branches, row_end - row_begin, s.D, w.fusion_w, w.fusion_b, stream + row_begin * s.D);
   }
 }
 
@@ -498,9 +551,7 @@ at::Tensor lift_cpu(const at::Tensor& window, const at::Tensor& weights, at::Int
     embed(limb_features.data_ptr<float>(), s.rows, s.joints, D, limb_w, limb_b, limb_pos, limb.data_ptr<float>());
   }
 
-  run_blocks(k, cursor, s, config, stream.data_ptr<float>(), anatomy ? bone.data_ptr<float>() : nullptr,
-             anatomy ? limb.data_ptr<float>() : nullptr);
-
+  const std::vector<LayerWeights> layers = take_layers(cursor, s, config);
   // Head: LayerNorm, Linear(D, dim_rep) + tanh, Linear(dim_rep, dim_out) (padded to 16 columns), times the size.
   const float* norm_g = cursor.take(D, "norm.weight");
   const float* norm_b = cursor.take(D, "norm.bias");
@@ -510,15 +561,28 @@ at::Tensor lift_cpu(const at::Tensor& window, const at::Tensor& weights, at::Int
   const ProductWeight head_w = cursor.take_product(rep, out_pad, "head.weight^T (padded)");
   const float* head_b = cursor.take(out_pad, "head.bias (padded)");
   cursor.expect_end();
-  at::Tensor head_scratch = at::empty({at::get_num_threads(), kChunk * (D + rep + out_pad)}, at::kFloat);
-  const float* x = stream.data_ptr<float>();
+
+  const int threads = at::get_num_threads();
+  Workspace ws(s, threads);
+  std::vector<at::Tensor> branch_storage;
+  float* branch[3] = {nullptr, nullptr, nullptr};
+  for (int b = 0; b < (anatomy ? 3 : 2); ++b) {
+    branch_storage.push_back(at::empty({s.rows, D}, at::kFloat));
+    branch[b] = branch_storage.back().data_ptr<float>();
+  }
+  at::Tensor head_scratch = at::empty({threads, kChunk * (D + rep + out_pad)}, at::kFloat);
+  float* x = stream.data_ptr<float>();
   float* y = out.data_ptr<float>();
-  at::parallel_for(0, s.rows, kChunk, [&](int64_t begin, int64_t end) {
-    float* normed = head_scratch.data_ptr<float>() + at::get_thread_num() * kChunk * (D + rep + out_pad);
+  in_team([&](const Team& team) {
+    run_blocks(k, layers, s, anatomy, ws, branch, x, anatomy ? bone.data_ptr<float>() : nullptr,
+               anatomy ? limb.data_ptr<float>() : nullptr, team);
+    // the head on this thread's rows, which the last fusion wrote
+    const auto [row_begin, row_end] = team.share(s.rows, kRowUnit);
+    float* normed = head_scratch.data_ptr<float>() + team.id * kChunk * (D + rep + out_pad);
     float* hidden = normed + kChunk * D;
     float* projected = hidden + kChunk * rep;
-    for (int64_t r0 = begin; r0 < end; r0 += kChunk) {
-      const int64_t n = end - r0 < kChunk ? end - r0 : kChunk;
+    for (int64_t r0 = row_begin; r0 < row_end; r0 += kChunk) {
+      const int64_t n = row_end - r0 < kChunk ? row_end - r0 : kChunk;
       k.layer_norm_rows(x + r0 * D, D, n, D, norm_g, norm_b, normed, D);
       product(k, kTanh, normed, D, n, rep_w, rep_b, hidden, rep, nullptr);
       product(k, kStore, hidden, rep, n, head_w, head_b, projected, out_pad, nullptr);

@@ -233,3 +233,23 @@ def test_lifter_refuses_native_where_it_cannot_run(tmp_path) -> None:
     if not cpu_has_native_bf16():  # no AMX or AVX512-BF16: the native bf16 path says so by name
         with pytest.raises(LifterError, match="AMX-BF16 or AVX512-BF16"):
             Lifter.load("demo", device="cpu", inference_path="native", precision="bf16")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_any_thread_count_gives_the_same_bits(precision: str) -> None:
+    """The threads split rows and sequences, never a sum: 1, 2 or 3 threads (more than this machine's cores) give
+    identical outputs, so no thread's share is lost or done twice at a barrier."""
+    if precision == "bf16" and not torch.ops.kasf.lift_cpu_bf16_kernels():
+        pytest.skip("this CPU has neither AMX-BF16 nor AVX512-BF16")
+    model = perturbed_model("kasportsformer-t").set_inference_path("native", precision=precision)
+    x = _windows(3, seed=5)
+    threads = torch.get_num_threads()
+    outputs = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            with torch.no_grad():
+                outputs.append(model(x))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outputs[0], outputs[1]) and torch.equal(outputs[0], outputs[2])
