@@ -245,7 +245,7 @@ void in_team(Body&& body) {
 
 // Per-thread scratch, reused by every module: rows of LayerNorm output and MLP hidden units for a chunk of tokens,
 // and the attention or graph workspace of one sequence.
-constexpr int64_t kChunk = 48;
+constexpr int64_t kChunk = 96;  // a multiple of the fp32 tile (6 rows) and of the AMX block (32 rows)
 constexpr int64_t kRowUnit = 32;  // thread shares of the rows in whole AMX blocks (cpu_blocks_bf16.cpp)
 
 struct Workspace {
