@@ -14,8 +14,10 @@
 #define KASF_VLEN 16
 #define KASF_NS bf16
 #include <cpuid.h>
+#if defined(__linux__)
 #include <sys/syscall.h>
 #include <unistd.h>
+#endif
 
 #include "cpu_vector_math.h"
 
