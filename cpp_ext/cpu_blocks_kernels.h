@@ -121,6 +121,28 @@ inline void rows_times_column_any(const float* const* a, int rows, int K, const 
   for (; n < rows; ++n) rows_times_column<1>(a + n, K, b, ldb, out + n * ldo, ldo);
 }
 
+// The k-th largest of values[0, L), duplicates counted (top-k's last value), by taking the row's maximum and
+// removing every lane equal to it until k values are gone: at most k passes over Lp / V vectors, no branches per
+// value. values[] (Lp floats) is overwritten.
+inline float kth_largest(float* values, int L, int Lp, int k) {
+  const float lowest = -3.0e38f;
+  for (int j = L; j < Lp; ++j) values[j] = lowest;
+  for (;;) {
+    vf m = load(values);
+    for (int u = V; u < Lp; u += V) m = vmax(m, load(values + u));
+    const float top = hmax(m);
+    vf equal = splat(0.0f);
+    for (int u = 0; u < Lp; u += V) equal += load(values + u) == top ? splat(1.0f) : splat(0.0f);
+    const int count = (int)hsum(equal);
+    if (count >= k || top == lowest) return top;
+    k -= count;
+    for (int u = 0; u < Lp; u += V) {
+      const vf v = load(values + u);
+      store(values + u, v == top ? splat(lowest) : v);
+    }
+  }
+}
+
 }  // namespace
 
 void attend_sequence(const float* qkv, int64_t ld, const Sequence& seq, int D, int heads, float softmax_scale,
@@ -221,19 +243,7 @@ void graph_sequence(const float* nodes, const float* uv, const Sequence& seq, in
     for (int i = 0; i < L; ++i)
       for (int j = 0; j < L; ++j) a[i * L + j] = row[i * Lp + j];
     for (int i = 0; i < L; ++i) {
-      float top[64];  // the k largest so far, descending; neighbour counts are checked <= 64 by the caller
-      int count = 0;
-      for (int j = 0; j < L; ++j) {
-        const float value = a[i * L + j];
-        if (count == neighbours && !(value > top[count - 1])) continue;
-        int pos = count < neighbours ? count++ : count - 1;
-        while (pos > 0 && top[pos - 1] < value) {
-          top[pos] = top[pos - 1];
-          --pos;
-        }
-        top[pos] = value;
-      }
-      const float threshold = top[neighbours - 1];
+      const float threshold = kth_largest(row + i * Lp, L, Lp, neighbours);
       float degree = 0.0f;
       for (int j = 0; j < L; ++j) {
         a[i * L + j] = a[i * L + j] >= threshold ? 1.0f : 0.0f;

@@ -34,34 +34,51 @@ inline vf splat(float s) {
   return vf{s, s, s, s};
 #endif
 }
-// Pairwise lane sum: log2(V) shuffle-and-add steps (a lane loop or an array round trip stalls on store
-// forwarding). Clang has no __builtin_shuffle; it gets the lane loop.
+inline vf vmax(vf a, vf b) { return a > b ? a : b; }
+
+// Pairwise lane sum and maximum: log2(V) shuffle-and-combine steps (a lane loop or an array round trip stalls on
+// store forwarding). Clang has no __builtin_shuffle; it gets the lane loops.
 #if defined(__clang__)
 inline float hsum(vf v) {
   float s = 0.0f;
   for (int i = 0; i < V; ++i) s += v[i];
   return s;
 }
+inline float hmax(vf v) {
+  float m = v[0];
+  for (int i = 1; i < V; ++i) m = v[i] > m ? v[i] : m;
+  return m;
+}
 #else
 template <int W>
-inline vf fold(vf v) {
+inline vf rotate(vf v) {
   vi perm;
   for (int i = 0; i < V; ++i) perm[i] = (i + W) % V;
-  return v + __builtin_shuffle(v, perm);
+  return __builtin_shuffle(v, perm);
 }
 inline float hsum(vf v) {
 #if KASF_VLEN == 16
-  v = fold<8>(v);
+  v += rotate<8>(v);
 #endif
 #if KASF_VLEN >= 8
-  v = fold<4>(v);
+  v += rotate<4>(v);
 #endif
-  v = fold<2>(v);
-  v = fold<1>(v);
+  v += rotate<2>(v);
+  v += rotate<1>(v);
+  return v[0];
+}
+inline float hmax(vf v) {
+#if KASF_VLEN == 16
+  v = vmax(v, rotate<8>(v));
+#endif
+#if KASF_VLEN >= 8
+  v = vmax(v, rotate<4>(v));
+#endif
+  v = vmax(v, rotate<2>(v));
+  v = vmax(v, rotate<1>(v));
   return v[0];
 }
 #endif
-inline vf vmax(vf a, vf b) { return a > b ? a : b; }
 inline int64_t row_of(const Sequence& seq, int i) { return seq.base + i * seq.step; }
 
 // 1 / x for x >= 1 (GELU's polynomial, tanh's 1 + exp): the hardware's approximate reciprocal and one Newton step
