@@ -252,9 +252,9 @@ struct Workspace {
   Workspace(const Shape& s, int threads) {
     const int64_t longest = s.frames > s.joints ? s.frames : s.joints;
     const int64_t padded = (longest + 15) / 16 * 16;
-    // the larger of: attention (q, scores, output transposed) and the graph (adjacency, degrees, nodes and
+    // the larger of: attention (q, v, scores, output transposed) and the graph (adjacency, degrees, nodes and
     // similarities transposed, the gathered V rows and their aggregate)
-    const int64_t attention = 2 * s.D * padded + longest * padded;
+    const int64_t attention = 3 * s.D * padded + longest * padded;
     const int64_t graph = longest * longest + longest + (s.D + longest) * padded + 2 * longest * s.D;
     per_thread = kChunk * (s.D + s.hidden) + (attention > graph ? attention : graph);
     scratch = at::empty({threads, per_thread}, at::kFloat);

@@ -148,19 +148,29 @@ inline float kth_largest(float* values, int L, int Lp, int k) {
 void attend_sequence(const float* qkv, int64_t ld, const Sequence& seq, int D, int heads, float softmax_scale,
                      float* out, int64_t ldo, float* scratch) {
   // Vectors run over the queries i (padded to Lp lanes); keys and values are broadcast one scalar at a time, so
-  // every loop is a plain vector FMA whatever the head width. scratch holds D * Lp (q, transposed and scaled),
-  // L * Lp (scores, transposed) and D * Lp (output, transposed) floats. Sequences are at most 256 tokens long.
+  // every loop is a plain vector FMA whatever the head width. scratch holds D * Lp floats each for q (scaled) and
+  // v, transposed, L * Lp for the scores, transposed, and D * Lp for the output, transposed. Sequences are at most
+  // 256 tokens long, heads at most 256 channels wide.
   const int L = seq.length, Lp = (L + V - 1) / V * V, d = D / heads;
   float* qT = scratch;
-  float* sT = qT + (int64_t)D * Lp;
+  float* vT = qT + (int64_t)D * Lp;
+  float* sT = vT + (int64_t)D * Lp;
   float* oT = sT + (int64_t)L * Lp;
   const float* keys[256];
   const float* values_t[256];
-  for (int c = 0; c < D; ++c)
-    for (int i = L; i < Lp; ++i) qT[c * Lp + i] = 0.0f;
-  for (int i = 0; i < L; ++i) {
-    const float* q = qkv + row_of(seq, i) * ld;
-    for (int c = 0; c < D; ++c) qT[c * Lp + i] = q[c] * softmax_scale;
+  // q (scaled) and v, transposed a V x V block at a time; zero past L
+  for (int i0 = 0; i0 < Lp; i0 += V) {
+    for (int c0 = 0; c0 < D; c0 += V) {
+      vf block[V];
+      for (int r = 0; r < V; ++r)
+        block[r] = i0 + r < L ? load(qkv + row_of(seq, i0 + r) * ld + c0) * softmax_scale : splat(0.0f);
+      transpose(block);
+      for (int c = 0; c < V; ++c) store(qT + (int64_t)(c0 + c) * Lp + i0, block[c]);
+      for (int r = 0; r < V; ++r)
+        block[r] = i0 + r < L ? load(qkv + row_of(seq, i0 + r) * ld + 2 * D + c0) : splat(0.0f);
+      transpose(block);
+      for (int c = 0; c < V; ++c) store(vT + (int64_t)(c0 + c) * Lp + i0, block[c]);
+    }
   }
   for (int h = 0; h < heads; ++h) {
     const int c0 = h * d;
@@ -193,25 +203,22 @@ void attend_sequence(const float* qkv, int64_t ld, const Sequence& seq, int D, i
       store(oT + c0 * Lp + u, 1.0f / (z0 + z1));  // kept in the output's first row until the products below
     }
     // outputs, transposed: oT[c][i] = sum_j v_j[c] p_ji, for the head's d channels at once (the values read as
-    // rows of their transpose: value channel c of token j is values_t[c][j])
-    float vT[256 * 16];
-    for (int cb = 0; cb < d; cb += 16) {
-      const int nc = d - cb < 16 ? d - cb : 16;
-      for (int j = 0; j < L; ++j) {
-        const float* v = qkv + row_of(seq, j) * ld + 2 * D + c0 + cb;
-        for (int c = 0; c < nc; ++c) vT[c * L + j] = v[c];
-      }
-      for (int c = 0; c < nc; ++c) values_t[c] = vT + c * L;
-      for (int u = 0; u < Lp; u += V) {
-        const vf inv = load(oT + c0 * Lp + u);
-        rows_times_column_any(values_t, nc, L, sT + u, Lp, oT + (c0 + cb) * Lp + u, Lp);
-        for (int c = 0; c < nc; ++c) store(oT + (c0 + cb + c) * Lp + u, load(oT + (c0 + cb + c) * Lp + u) * inv);
-      }
+    // rows of their transpose: value channel c of token j is values_t[c][j]). 1 / sum is read before the products
+    // overwrite the row it was kept in.
+    for (int c = 0; c < d; ++c) values_t[c] = vT + (int64_t)(c0 + c) * Lp;
+    for (int u = 0; u < Lp; u += V) {
+      const vf inv = load(oT + c0 * Lp + u);
+      rows_times_column_any(values_t, d, L, sT + u, Lp, oT + c0 * Lp + u, Lp);
+      for (int c = 0; c < d; ++c) store(oT + (c0 + c) * Lp + u, load(oT + (c0 + c) * Lp + u) * inv);
     }
   }
-  for (int i = 0; i < L; ++i) {
-    float* o = out + row_of(seq, i) * ldo;
-    for (int c = 0; c < D; ++c) o[c] = oT[c * Lp + i];
+  for (int i0 = 0; i0 < L; i0 += V) {  // the output rows back from oT, a V x V block at a time
+    for (int c0 = 0; c0 < D; c0 += V) {
+      vf block[V];
+      for (int c = 0; c < V; ++c) block[c] = load(oT + (int64_t)(c0 + c) * Lp + i0);
+      transpose(block);
+      for (int r = 0; r < V && i0 + r < L; ++r) store(out + row_of(seq, i0 + r) * ldo + c0, block[r]);
+    }
   }
 }
 

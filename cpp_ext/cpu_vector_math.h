@@ -81,6 +81,33 @@ inline float hmax(vf v) {
 #endif
 inline int64_t row_of(const Sequence& seq, int i) { return seq.base + i * seq.step; }
 
+// Transposes the V x V block held in r[0..V) in place (r[c][i] becomes the old r[i][c]): log2(V) rounds of
+// interleaving rows i and i + V/2 (the perfect shuffle), two-input shuffles only; V * V scalar moves otherwise.
+inline void transpose(vf (&r)[V]) {
+#if defined(__clang__)
+  float t[V][V];
+  for (int i = 0; i < V; ++i)
+    for (int j = 0; j < V; ++j) t[j][i] = r[i][j];
+  for (int i = 0; i < V; ++i) r[i] = load(t[i]);
+#else
+  vi low, high;
+  for (int i = 0; i < V / 2; ++i) {
+    low[2 * i] = i;
+    low[2 * i + 1] = V + i;
+    high[2 * i] = V / 2 + i;
+    high[2 * i + 1] = V + V / 2 + i;
+  }
+  for (int round = 1; round < V; round *= 2) {
+    vf next[V];
+    for (int i = 0; i < V / 2; ++i) {
+      next[2 * i] = __builtin_shuffle(r[i], r[i + V / 2], low);
+      next[2 * i + 1] = __builtin_shuffle(r[i], r[i + V / 2], high);
+    }
+    for (int i = 0; i < V; ++i) r[i] = next[i];
+  }
+#endif
+}
+
 // 1 / x for x >= 1 (GELU's polynomial, tanh's 1 + exp): the hardware's approximate reciprocal and one Newton step
 // (relative error ~1e-7) where there is one; a division costs ~10 cycles a vector.
 inline vf reciprocal(vf x) {

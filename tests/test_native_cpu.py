@@ -39,7 +39,7 @@ def _both(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 
 # Every switch the operator reads: anatomy on and off, the input normalisations, fusion, the temporal graph's two
-# kinds, layer scales, qkv bias, a wider model with 8 heads, batch 0 to 3.
+# kinds, layer scales, qkv bias, a wider model with 8 heads, heads wider than 16 channels, batch 0 to 3.
 CASES = {
     "kasportsformer-t": dict(preset="kasportsformer-t"),
     "motionagformer-t": dict(preset="motionagformer-t"),
@@ -48,6 +48,9 @@ CASES = {
     "chain-graph-no-scale-bias-qk-scale": dict(preset="kasportsformer-t", use_temporal_similarity=False,
                                                use_layer_scale=False, qkv_bias=True, qkv_scale=0.2),
     "81-frames": dict(preset="motionagformer-t", n_frames=81),
+    # heads 32 and 64 channels wide (the kernel once kept 1/sum where a second 16-channel group overwrote it)
+    "two-heads": dict(preset="kasportsformer-xs", num_heads=2),
+    "one-head": dict(preset="motionagformer-t", num_heads=1, dim_feat=64),
 }
 
 
