@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The CPU lifter benchmarks behind README's performance tables: every backend against the eager reference
-# forward of the same weights, in one run per preset, batch 1; then kasf-stream with 1 and 4 people for eager
-# PyTorch and the ONNX Runtime CPU graphs. Run on an otherwise idle machine (the load average is written down).
+# forward of the same weights, in one run per preset, batch 1, the backends timed in turns (--rounds: this
+# machine's speed drifts within minutes, and rows timed one after another caught different phases); then
+# kasf-stream with 1 and 4 people for eager PyTorch, the native forward and the ONNX Runtime CPU graphs. Run on an
+# otherwise idle machine (the load average is written down).
 #   demo preset (kasportsformer-t, the bundled trained checkpoint)
 #   released size (kasportsformer, seeded random weights: speed, and each backend's distance to fp32 in mm)
 set -euo pipefail
@@ -11,11 +13,11 @@ R="${RESULTS:-benchmarks/results}"
 kasf-bench --presets kasportsformer-t --threads "$THREADS" \
   --backends eager-reference,eager-fused,native,native-bf16,compile,bf16,cpu-auto,ort-fp32,ort-int8,ort-cpu-fp32,ort-cpu-int8 \
   --batches 1 \
-  --min-time "${MIN_TIME:-3}" --warmup 5 --json $R/cpu_lifter_demo.json --markdown $R/cpu_lifter_demo.md
+  --min-time "${MIN_TIME:-6}" --rounds 6 --warmup 5 --json $R/cpu_lifter_demo.json --markdown $R/cpu_lifter_demo.md
 if [ "${SKIP_FULL:-0}" != 1 ]; then
   kasf-bench --presets kasportsformer --threads "$THREADS" \
     --backends eager-reference,native,native-bf16,bf16,cpu-auto,ort-cpu-fp32,ort-cpu-int8 --batches 1 \
-    --min-time "${MIN_TIME:-5}" --warmup 2 \
+    --min-time "${MIN_TIME:-10}" --rounds 5 --warmup 2 \
     --json $R/cpu_lifter_full.json --markdown $R/cpu_lifter_full.md
 fi
 # kasf-stream: eager PyTorch (reference forward), the native CPU forward (kasf::lift_cpu, intra-op threads over

@@ -181,7 +181,14 @@ def _checkpoint_for(preset: str, trained: dict[str, Path], workdir: Path) -> Pat
 
 def run(presets: Sequence[str], backends: Sequence[str], batches: Sequence[int], device: str = "cpu",
         threads: int | None = None, warmup: int = 5, min_time_s: float = 3.0, trained: dict[str, Path] | None = None,
-        mode: str = "causal", progress: Callable[[str], None] = print, triton_url: str | None = None) -> BenchReport:
+        mode: str = "causal", progress: Callable[[str], None] = print, triton_url: str | None = None,
+        rounds: int = 1) -> BenchReport:
+    """Every backend of a preset is loaded first, then timed in ``rounds`` turns of ``min_time_s / rounds``
+    seconds each, backend after backend, and each row pools its turns. Why turns: a shared machine's speed drifts
+    (up to ~2x within minutes on the 2-core machine of benchmarks/results), and rows timed one after another
+    each catch a different phase; in turns, every row samples the same phases as its baseline."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     from kasf.export.windows import load_real_windows
     from kasf.hardware import machine_info
     from kasf.conventions import to_millimetres
@@ -192,7 +199,8 @@ def run(presets: Sequence[str], backends: Sequence[str], batches: Sequence[int],
     new_poses_per_window = 1 if mode == "causal" else 27
     report = BenchReport(machine=machine_info(), settings=dict(
         presets=list(presets), backends=list(backends), batches=list(batches), device=device, threads=threads,
-        warmup=warmup, min_time_s=min_time_s, mode=mode, input="bundled sample windows (held-out CMU subject)",
+        warmup=warmup, min_time_s=min_time_s, rounds=rounds, mode=mode,
+        input="bundled sample windows (held-out CMU subject)",
         trained={k: str(v) for k, v in (trained or {}).items()}, triton_url=triton_url))
     real = load_real_windows(27)
     with tempfile.TemporaryDirectory(prefix="kasf-bench-") as tmp:
@@ -200,11 +208,13 @@ def run(presets: Sequence[str], backends: Sequence[str], batches: Sequence[int],
         for preset in presets:
             checkpoint = _checkpoint_for(preset, trained or {}, workdir)
             fp32_mm = None
+            loaded: dict[str, tuple[Callable[[np.ndarray], np.ndarray], str, float, float | None]] = {}
+            skipped: dict[str, str] = {}
             for backend in backends:
                 try:
                     fn, precision = _runner(backend, checkpoint, workdir, device, threads, triton_url)
                 except RuntimeError as err:
-                    report.rows += [Row(backend, preset, b, "-", skipped=str(err)) for b in batches]
+                    skipped[backend] = str(err)
                     progress(f"{preset} {backend}: skipped ({err})")
                     continue
                 mm = to_millimetres(fn(real.inputs), real.image_wh, real.factor)
@@ -212,9 +222,24 @@ def run(presets: Sequence[str], backends: Sequence[str], batches: Sequence[int],
                     fp32_mm = mm if precision == "fp32" else fp32_mm
                 mpjpe = float(np.linalg.norm(mm - real.truth_mm, axis=-1).mean())
                 delta = float(np.linalg.norm(mm - fp32_mm, axis=-1).mean()) if fp32_mm is not None else None
+                loaded[backend] = (fn, precision, mpjpe, delta)
+            inputs = {b: np.resize(real.inputs, (b, *real.inputs.shape[1:])).astype(np.float32) for b in batches}
+            latencies: dict[tuple[str, int], list[np.ndarray]] = {(b, n): [] for b in loaded for n in batches}
+            for turn in range(rounds):
+                for backend, (fn, *_rest) in loaded.items():
+                    for batch in batches:
+                        latencies[(backend, batch)].append(time_calls(
+                            fn, inputs[batch], warmup if turn == 0 else 1, min_time_s / rounds,
+                            min_calls=max(1, -(-10 // rounds))))
+                if rounds > 1:
+                    progress(f"{preset}: turn {turn + 1}/{rounds} timed")
+            for backend in backends:
+                if backend in skipped:
+                    report.rows += [Row(backend, preset, b, "-", skipped=skipped[backend]) for b in batches]
+                    continue
+                _fn, precision, mpjpe, delta = loaded[backend]
                 for batch in batches:
-                    x = np.resize(real.inputs, (batch, *real.inputs.shape[1:])).astype(np.float32)
-                    lat = time_calls(fn, x, warmup, min_time_s)
+                    lat = np.concatenate(latencies[(backend, batch)])
                     row = Row(backend, preset, batch, precision, *(float(np.percentile(lat, q)) for q in (50, 95, 99)),
                               windows_per_s=batch * 1000 / float(np.mean(lat)), mpjpe_mm=mpjpe,
                               delta_vs_fp32_mm=delta, calls=len(lat))
@@ -233,6 +258,10 @@ def _speedups(report: BenchReport) -> None:
             row.speedup = row.windows_per_s / base[(row.preset, row.batch)]
 
 
+def _turns(rounds: int) -> str:
+    return f" in {rounds} turns (every backend in turn, each row pooling its turns)" if rounds > 1 else ""
+
+
 def _load(value: float | None) -> str:
     return "?" if value is None else f"{value:.2f}"
 
@@ -243,7 +272,8 @@ def to_markdown(report: BenchReport) -> str:
              f"capability {m['cpu_capability']}, flags {' '.join(m.get('cpu_flags') or []) or '?'}, "
              f"native bf16 {m['cpu_bf16_native']}, GPU {m['gpu'] or 'none'}; "
              f"torch {m['torch']}, onnxruntime {m['onnxruntime']}, TensorRT {m['tensorrt'] or 'not installed'}; "
-             f"device {s['device']}, mode {s['mode']}, warm-up {s['warmup']} calls, >= {s['min_time_s']} s per row; "
+             f"device {s['device']}, mode {s['mode']}, warm-up {s['warmup']} calls, >= {s['min_time_s']} s per row"
+             f"{_turns(s.get('rounds', 1))}; "
              f"1-minute load average {_load(m.get('load_avg_1m'))} at start, {_load(m.get('load_avg_1m_at_end'))} "
              "at end.",
              "",
@@ -276,6 +306,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="PyTorch and ONNX Runtime intra-op threads")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--min-time", type=float, default=3.0, help="seconds of timed calls per row")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="time the backends in this many turns, one after another, each row pooling its turns "
+                             "(so a machine whose speed drifts slows every row alike)")
     parser.add_argument("--checkpoint", action="append", default=[], metavar="PRESET=PATH",
                         help="trained weights for a preset (default: kasportsformer-t=demo)")
     parser.add_argument("--mode", default="causal", choices=("causal", "chunk"),
@@ -304,7 +337,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         backends.insert(0, BASELINE)  # every table carries its baseline
     try:
         report = run(args.presets.split(","), backends, [int(b) for b in args.batches.split(",")], args.device,
-                     args.threads, args.warmup, args.min_time, trained, args.mode, triton_url=args.triton_url)
+                     args.threads, args.warmup, args.min_time, trained, args.mode, triton_url=args.triton_url,
+                     rounds=args.rounds)
         text = to_markdown(report)
         print(text)
         if args.json:

@@ -34,3 +34,15 @@ def test_smoke_run_has_baseline_ratios_and_skips_with_reasons():
         assert trt.skipped and "TensorRT" in trt.skipped
     table = to_markdown(report)
     assert "eager-reference" in table and report.machine["cpu"] in table
+
+
+def test_rounds_time_every_backend_in_turns():
+    """With rounds=3 each row pools 3 turns of calls (a progress line per turn), and the table says so."""
+    order: list[str] = []
+    report = run(["kasportsformer-t"], [BASELINE, "eager-fused"], [1], warmup=1, min_time_s=0.0, rounds=3,
+                 progress=order.append)
+    assert [r.calls for r in report.rows] == [3 * 4, 3 * 4]  # ceil(10 / 3) calls a turn
+    assert sum("turn" in line for line in order) == 3
+    assert "in 3 turns" in to_markdown(report)
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        run(["kasportsformer-t"], [BASELINE], [1], rounds=0, progress=lambda _: None)
