@@ -155,16 +155,19 @@ def test_bf16_is_refused_by_name_where_it_cannot_run() -> None:
 @needs_bf16
 def test_auto_precision_on_the_native_path_follows_the_cpu(monkeypatch) -> None:
     """precision='auto' with the native path: bf16 only where AMX pays (width >= NATIVE_AMX_MIN_WIDTH), and the
-    Lifter says so; the demo (width 32) stays fp32 with exact parity."""
+    Lifter says which and why."""
     from kasf.runtime import Lifter, cpu_choice
 
-    demo = Lifter.load("demo", device="cpu", precision="auto", inference_path="auto")
-    assert demo.precision == "fp32" and demo.metadata["inference_path"] == "native"
-    assert demo.choice.startswith("auto picked native fp32")
+    monkeypatch.setattr(cpu_choice, "NATIVE_AMX_MIN_WIDTH", 64)
+    narrow = Lifter.load("demo", device="cpu", precision="auto", inference_path="auto")
+    assert narrow.precision == "fp32" and narrow.metadata["inference_path"] == "native"
+    assert narrow.choice.startswith("auto picked native fp32")
+    monkeypatch.setattr(cpu_choice, "NATIVE_AMX_MIN_WIDTH", 32)
+    picked = Lifter.load("demo", device="cpu", precision="auto", inference_path="auto")
+    windows = load_real_windows(27).inputs[:2]
     if _bf16_kernel() == "amx":
-        monkeypatch.setattr(cpu_choice, "NATIVE_AMX_MIN_WIDTH", 32)
-        picked = Lifter.load("demo", device="cpu", precision="auto", inference_path="auto")
         assert picked.precision == "bf16" and picked.metadata["inference_path"] == "native"
         assert "on AMX tiles" in picked.choice and "bf16 products on amx" in picked.choice
-        windows = load_real_windows(27).inputs[:2]
-        assert np.abs(picked.predict(windows) - demo.predict(windows)).max() < 0.05
+        assert np.abs(picked.predict(windows) - narrow.predict(windows)).max() < 0.05
+    else:  # AVX512-BF16 only: the native path stays fp32 and says why
+        assert picked.precision == "fp32" and "dot products only" in picked.choice
