@@ -21,7 +21,8 @@ if [ "${SKIP_FULL:-0}" != 1 ]; then
     --json $R/cpu_lifter_full.json --markdown $R/cpu_lifter_full.md
 fi
 # kasf-stream: eager PyTorch (reference forward), the native CPU forward (kasf::lift_cpu, intra-op threads over
-# the tokens), and the demo's ONNX Runtime CPU graphs (fp32, int8), one session and one per core
+# the tokens; fp32, and bf16 products where the CPU has them), and the demo's ONNX Runtime CPU graphs (fp32,
+# int8), one session and one per core
 ONNX_DIR="$(mktemp -d)"
 python -c "import sys; from pathlib import Path; from kasf.bench import onnx_for; from kasf.checkpoint import \
 resolve_checkpoint_path as r; [onnx_for(r('demo'), Path(sys.argv[1]), int8=q, cpu_graph=True, attention=a) \
@@ -29,6 +30,8 @@ for q in (0, 1) for a in ('contrib', 'standard')]" "$ONNX_DIR"
 python benchmarks/stream_bench.py --model demo --threads "$THREADS" --frames 300 --seconds 20 --json $R/stream_cpu_demo.json
 python benchmarks/stream_bench.py --model demo --inference-path native --threads "$THREADS" --frames 300 --seconds 20 \
   --json $R/stream_cpu_demo_native.json
+python benchmarks/stream_bench.py --model demo --inference-path native --precision bf16 --threads "$THREADS" \
+  --frames 300 --seconds 0 --json $R/stream_cpu_demo_native_bf16.json
 python benchmarks/stream_bench.py --model "$ONNX_DIR/demo.cpu.onnx" --threads "$THREADS" --frames 300 --seconds 0 \
   --json $R/stream_cpu_demo_ort_cpu.json
 python benchmarks/stream_bench.py --model "$ONNX_DIR/demo.cpu.int8.onnx" --threads "$THREADS" --frames 300 --seconds 0 \
@@ -40,6 +43,7 @@ python benchmarks/stream_bench.py --model "$ONNX_DIR/demo.cpu.standard.onnx" --t
 python benchmarks/stream_bench.py --model "$ONNX_DIR/demo.cpu.standard.int8.onnx" --threads "$THREADS" \
   --workers "$THREADS" --frames 300 --seconds 0 --json $R/stream_cpu_demo_ort_cpu_int8_workers.json
 python benchmarks/stream_bench.py --table $R/stream_cpu_demo.json $R/stream_cpu_demo_native.json \
+  $R/stream_cpu_demo_native_bf16.json \
   $R/stream_cpu_demo_ort_cpu.json \
   $R/stream_cpu_demo_ort_cpu_int8.json $R/stream_cpu_demo_ort_cpu_workers.json \
   $R/stream_cpu_demo_ort_cpu_int8_workers.json > $R/stream_cpu.md

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 BF16_MIN_WIDTH = 128
 
 # The native path (kasf::lift_cpu) with bf16 products on AMX tiles, same machine, 2 threads, against its own fp32
-# kernels: dim_feat 32 (the demo) 1.15x at batch 1 and 4 in one process, and kasf-stream with 4 people 82-92 against
-# 65-73 frames/s; 64 1.6x; 128 2.5x. Narrower models were not measured. With AVX512-BF16 dot products alone (no
-# AMX) its bf16 ran 1.1-1.2x slower than its fp32, so without AMX the native path stays fp32
-# (docs/cpu_inference.md).
+# kernels: dim_feat 32 (the demo) 1.15x at batch 1 and 4, alternating in one process (kasf-stream with 4 people,
+# alternating processes, is too noisy to add much: bf16 ahead in 3 of 4 pairs); 64 1.6x; 128 2.5x. Narrower
+# models were not measured. With AVX512-BF16 dot products alone (no AMX) its bf16 ran 1.1-1.2x slower than its
+# fp32, so without AMX the native path stays fp32 (docs/cpu_inference.md).
 NATIVE_AMX_MIN_WIDTH = 32
 
 
