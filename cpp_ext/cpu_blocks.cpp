@@ -10,8 +10,8 @@
 // Inference only, float32 windows (B, T, J, 3). The weights come as one flat tensor with the size of each piece, in
 // the order written by kasf.model.native_cpu.pack_lifter (documented there); every piece's size is checked against
 // the config. With the optional `products` tensor (the product weights again, packed as bf16 pairs by
-// pack_products_bf16) every matrix product runs in bf16 with float32 sums (cpu_blocks_bf16.cpp); all else stays
-// float32.
+// kasf.model.native_cpu.bf16_pairs) every matrix product runs in bf16 with float32 sums (cpu_blocks_bf16.cpp);
+// all else stays float32.
 
 #include <torch/library.h>
 #include <ATen/ATen.h>

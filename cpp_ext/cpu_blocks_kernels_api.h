@@ -40,7 +40,7 @@ KASF_DECLARE_CPU_KERNELS(avx2)
 KASF_DECLARE_CPU_KERNELS(generic)
 
 // bf16 products (cpu_blocks_bf16.cpp): y = epilogue(bf16(x) W + b) with float32 accumulation, on AMX tiles or with
-// AVX512-BF16 dot products. W is packed by kasf.model.native_cpu.pack_products_bf16: K padded with zero rows to a
+// AVX512-BF16 dot products. W is packed by kasf.model.native_cpu.bf16_pairs: K padded with zero rows to a
 // multiple of 32 (Kp), then pairs of rows interleaved, value (k, n) at [(k / 2) * 2N + 2n + k % 2] (the layout both
 // AMX's B tiles and vdpbf16ps read). `scratch` holds bf16_scratch_values(K) bf16 values (the rows of x converted);
 // rows any count, N a multiple of 16.
