@@ -34,22 +34,35 @@ DEMO = ROOT / "configs" / "mocap-kasportsformer-t.yaml"
 # name -> overrides on the demo YAML. The first is the demo recipe's speed settings as issue 11 found them.
 # A variant's rate is that of its last epoch row: with --seconds longer than an epoch it is a steady-state epoch (the
 # first epoch carries the compile of the compiled variants, and the first camera pool's rendering).
+# The rows before the native attention pin training_attention=reference: that is what they measured when written.
 VARIANTS: dict[str, list[str]] = {
-    "issue-time demo (batch 16, 1 thread, bf16 autocast)": ["precision=auto", "compile=false", "batch_size=16"],
-    "demo batch (8), 1 thread, fp32": ["compile=false"],
-    "2 threads, batch 64, fp32, camera pool": ["threads=2", "batch_size=64", "camera_pool=4", "compile=false"],
+    "issue-time demo (batch 16, 1 thread, bf16 autocast)": [
+        "precision=auto", "compile=false", "batch_size=16", "training_attention=reference"],
+    "demo batch (8), 1 thread, fp32": ["compile=false", "training_attention=reference"],
+    "2 threads, batch 64, fp32, camera pool": [
+        "threads=2", "batch_size=64", "camera_pool=4", "compile=false", "training_attention=reference"],
     # Data parallel on the two cores: each process one thread and half the batch (the same 64 windows a step).
     "2 processes x 1 thread (torchrun), batch 2 x 32, fp32, camera pool": [
-        "processes=2", "threads=1", "batch_size=32", "camera_pool=4", "compile=false"],
+        "processes=2", "threads=1", "batch_size=32", "camera_pool=4", "compile=false", "training_attention=reference"],
     "2 processes x 1 thread, batch 2 x 32, compiled, fp32": [
-        "processes=2", "threads=1", "batch_size=32", "camera_pool=4", "compile=true"],
+        "processes=2", "threads=1", "batch_size=32", "camera_pool=4", "compile=true", "training_attention=reference"],
     # Compiled, bf16 autocast pays where eager did not: the casts fuse into the compiled kernels, the products
     # run in bf16 (AMX / AVX512-BF16 here).
     "2 processes x 1 thread, batch 2 x 32, compiled, bf16 autocast": [
-        "processes=2", "threads=1", "batch_size=32", "camera_pool=4", "compile=true", "precision=bf16"],
+        "processes=2", "threads=1", "batch_size=32", "camera_pool=4", "compile=true", "precision=bf16",
+        "training_attention=reference"],
+    # Half the windows per step: a smaller working set per compiled kernel (it did not pay: docs/training.md).
+    "2 processes x 1 thread, batch 2 x 16, compiled, bf16 autocast": [
+        "processes=2", "threads=1", "batch_size=16", "camera_pool=4", "compile=true", "precision=bf16",
+        "training_attention=reference"],
     # Twice the windows per step: does per-kernel overhead spread over more work pay? (It did not: docs/training.md.)
     "2 processes x 1 thread, batch 2 x 64, compiled, bf16 autocast": [
-        "processes=2", "threads=1", "batch_size=64", "camera_pool=4", "compile=true", "precision=bf16"],
+        "processes=2", "threads=1", "batch_size=64", "camera_pool=4", "compile=true", "precision=bf16",
+        "training_attention=reference"],
+    # The attention by kasf::attention_rows (cpp_ext) instead of matmul-softmax-matmul: kasf-train's default on CPUs.
+    "2 processes x 1 thread, batch 2 x 32, compiled, bf16 autocast, native attention": [
+        "processes=2", "threads=1", "batch_size=32", "camera_pool=4", "compile=true", "precision=bf16",
+        "training_attention=native"],
 }
 DDP_SCRIPT = "import sys\nfrom kasf.training.cli import train_main\nsys.exit(train_main(sys.argv[1:]))\n"
 

@@ -27,6 +27,7 @@
 #include <cstring>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -44,10 +45,14 @@ struct Kernels {
   decltype(&generic::attend_sequence) attend_sequence;
   decltype(&generic::graph_sequence) graph_sequence;
   decltype(&generic::fuse_rows) fuse_rows;
+  decltype(&generic::attention_rows_scratch) attention_rows_scratch;
+  decltype(&generic::attention_rows_forward) attention_rows_forward;
+  decltype(&generic::attention_rows_backward) attention_rows_backward;
 };
 
-#define KASF_KERNELS(NS) \
-  Kernels{#NS, &NS::layer_norm_rows, &NS::product_rows, &NS::attend_sequence, &NS::graph_sequence, &NS::fuse_rows}
+#define KASF_KERNELS(NS)                                                                                          \
+  Kernels{#NS, &NS::layer_norm_rows, &NS::product_rows, &NS::attend_sequence, &NS::graph_sequence, &NS::fuse_rows, \
+          &NS::attention_rows_scratch, &NS::attention_rows_forward, &NS::attention_rows_backward}
 
 // The widest kernel set this CPU runs; KASF_CPU_KERNELS=avx512|avx2|generic asks for one (tests run each), and
 // asking for one the CPU cannot run is an error, not a silent fallback.
@@ -595,6 +600,105 @@ at::Tensor lift_cpu(const at::Tensor& window, const at::Tensor& weights, at::Int
   return out;
 }
 
+// ---- kasf::attention_rows: multi-head attention over a window's token rows, forward and backward, for training ----
+//
+// Why: in a compiled bf16 training step of the demo model on 2 CPU cores a third of the time went to attention
+// (docs/training.md): sequences of 17 joints or 27 frames, heads of 8 channels, so every score row is a vector and
+// a 1-lane tail, and the batched products are thousands of tiny GEMMs. Here a sequence's heads are done at once in
+// float32 registers, the probabilities recomputed in the backward instead of stored.
+//
+// q, k, v: (B, T, J, C) float32 or bfloat16, channels contiguous, other strides free (slices of a packed Linear
+// output need no copy). Sequences are a frame's joints (temporal false) or a joint's frames (temporal true); heads
+// split C head-major (channel h * C / heads + i), as the model's Attention does. Results are contiguous, q's dtype;
+// sums are float32 whatever the input dtype.
+
+void check_rows(const at::Tensor& t, const char* name, const at::Tensor& like) {
+  TORCH_CHECK(t.dim() == 4, "attention_rows: ", name, " must be (B, T, J, C), got ", t.sizes());
+  TORCH_CHECK(t.sizes() == like.sizes(), "attention_rows: ", name, " has shape ", t.sizes(), ", q has ", like.sizes());
+  TORCH_CHECK(t.scalar_type() == like.scalar_type(), "attention_rows: ", name, " is ", t.scalar_type(), ", q is ",
+              like.scalar_type());
+  TORCH_CHECK(t.device().is_cpu(), "attention_rows: ", name, " must be on the CPU");
+  TORCH_CHECK(t.size(3) <= 1 || t.stride(3) == 1, "attention_rows: ", name, "'s channels must be contiguous");
+}
+
+void check_attention_args(const at::Tensor& q, int64_t heads) {
+  TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kBFloat16,
+              "attention_rows: q, k, v must be float32 or bfloat16, got ", q.scalar_type());
+  TORCH_CHECK(q.size(3) % 16 == 0, "attention_rows: the channels (", q.size(3), ") must be a multiple of 16");
+  TORCH_CHECK(heads > 0 && q.size(3) % heads == 0, "attention_rows: ", q.size(3), " channels do not split into ",
+              heads, " heads");
+}
+
+// Runs `kernel` once per sequence with the token row pointers of `ins` (read) and `outs` (contiguous, written).
+template <typename Kernel>
+void for_each_sequence(const std::vector<const at::Tensor*>& ins, const std::vector<at::Tensor*>& outs,
+                       bool temporal, Kernel kernel) {
+  const at::Tensor& q = *ins[0];
+  const int64_t T = q.size(1), J = q.size(2), C = q.size(3);
+  const int64_t L = temporal ? T : J, groups = temporal ? J : T;
+  const int64_t item = q.element_size();
+  const size_t n_in = ins.size(), n_out = outs.size();
+  const int64_t scratch_floats = kernels().attention_rows_scratch((int)L, (int)C);
+  at::parallel_for(0, q.size(0) * groups, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scratch(scratch_floats);
+    std::vector<const void*> in_rows(n_in * L);
+    std::vector<void*> out_rows(n_out * L);
+    for (int64_t s = begin; s < end; ++s) {
+      const int64_t b = s / groups, g = s % groups;
+      for (int64_t i = 0; i < L; ++i) {
+        const int64_t t = temporal ? i : g, j = temporal ? g : i;
+        for (size_t a = 0; a < n_in; ++a) {
+          const at::Tensor& x = *ins[a];
+          in_rows[a * L + i] = static_cast<const char*>(x.const_data_ptr()) +
+                               (b * x.stride(0) + t * x.stride(1) + j * x.stride(2)) * item;
+        }
+        for (size_t a = 0; a < n_out; ++a)
+          out_rows[a * L + i] = static_cast<char*>(outs[a]->data_ptr()) + ((b * T + t) * J + j) * C * item;
+      }
+      kernel(in_rows.data(), out_rows.data(), scratch.data());
+    }
+  });
+}
+
+at::Tensor attention_rows(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads,
+                          bool temporal, double scale) {
+  check_rows(q, "q", q);
+  check_rows(k, "k", q);
+  check_rows(v, "v", q);
+  check_attention_args(q, heads);
+  at::Tensor out = at::empty(q.sizes(), q.options().memory_format(at::MemoryFormat::Contiguous));
+  if (q.numel() == 0) return out;
+  const Kernels& kn = kernels();
+  const bool bf16 = q.scalar_type() == at::kBFloat16;
+  const int L = (int)(temporal ? q.size(1) : q.size(2)), C = (int)q.size(3);
+  for_each_sequence({&q, &k, &v}, {&out}, temporal, [&](const void* const* in, void* const* o, float* scratch) {
+    kn.attention_rows_forward(in, bf16, L, C, (int)heads, (float)scale, o, scratch);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_rows_backward(const at::Tensor& grad, const at::Tensor& q,
+                                                                      const at::Tensor& k, const at::Tensor& v,
+                                                                      int64_t heads, bool temporal, double scale) {
+  check_rows(q, "q", q);
+  check_rows(k, "k", q);
+  check_rows(v, "v", q);
+  check_rows(grad, "grad", q);
+  check_attention_args(q, heads);
+  auto contiguous = q.options().memory_format(at::MemoryFormat::Contiguous);
+  at::Tensor dq = at::empty(q.sizes(), contiguous), dk = at::empty(q.sizes(), contiguous),
+             dv = at::empty(q.sizes(), contiguous);
+  if (q.numel() == 0) return {dq, dk, dv};
+  const Kernels& kn = kernels();
+  const bool bf16 = q.scalar_type() == at::kBFloat16;
+  const int L = (int)(temporal ? q.size(1) : q.size(2)), C = (int)q.size(3);
+  for_each_sequence({&q, &k, &v, &grad}, {&dq, &dk, &dv}, temporal,
+                    [&](const void* const* in, void* const* o, float* scratch) {
+                      kn.attention_rows_backward(in, bf16, L, C, (int)heads, (float)scale, o, scratch);
+                    });
+  return {dq, dk, dv};
+}
+
 std::string lift_cpu_kernels() { return kernels().name; }
 std::string lift_cpu_bf16_kernels() { return bf16_kernel().name; }
 
@@ -604,10 +708,15 @@ TORCH_LIBRARY_FRAGMENT(kasf, m) {
   m.def("lift_cpu(Tensor window, Tensor weights, int[] sizes, int[] config, Tensor? products=None) -> Tensor");
   m.def("lift_cpu_kernels() -> str", &lift_cpu_kernels);
   m.def("lift_cpu_bf16_kernels() -> str", &lift_cpu_bf16_kernels);
+  m.def("attention_rows(Tensor q, Tensor k, Tensor v, int heads, bool temporal, float scale) -> Tensor");
+  m.def("attention_rows_backward(Tensor grad, Tensor q, Tensor k, Tensor v, int heads, bool temporal, float scale) "
+        "-> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(kasf, CPU, m) {
   m.impl("lift_cpu", &lift_cpu);
+  m.impl("attention_rows", &attention_rows);
+  m.impl("attention_rows_backward", &attention_rows_backward);
 }
 
 }  // namespace kasf

@@ -315,5 +315,225 @@ void fuse_rows(const float* const* branches, int n_branches, int64_t rows, int D
   }
 }
 
+// ---- Training attention (kasf::attention_rows): one sequence, all heads, forward or backward ----
+// A sequence comes as token row pointers (C channels each, float32 or bf16). Its q, k, v are gathered transposed
+// into float32 (channel c of token i at [c * Lp + i], zero for i >= L, Lp = L rounded up to 16) a V x V block at a
+// time. Vectors then run over the queries i, so the softmax over the keys j is plain vector arithmetic (no lane
+// reductions); the two products that sum over the queries (dK, dV) read P and dS transposed back.
+namespace {
+
+typedef uint16_t vh __attribute__((vector_size(KASF_VLEN * 2), aligned(2), may_alias));
+typedef uint32_t vu __attribute__((vector_size(KASF_VLEN * 4), aligned(4), may_alias));
+
+inline vf load_any(const void* row, bool bf16, int c0) {
+  if (!bf16) return load(static_cast<const float*>(row) + c0);
+  const vh h = *reinterpret_cast<const vh*>(static_cast<const uint16_t*>(row) + c0);
+  return (vf)(__builtin_convertvector(h, vu) << 16);
+}
+
+inline void store_any(void* row, bool bf16, int c0, vf v) {
+  if (!bf16) {
+    store(static_cast<float*>(row) + c0, v);
+    return;
+  }
+  const vu bits = (vu)v;
+  const vu rounded = (bits + (((bits >> 16) & 1u) + 0x7FFFu)) >> 16;  // round to nearest even
+  const vu nan = (vu)(v != v);                                          // NaN stays a (quiet) NaN
+  *reinterpret_cast<vh*>(static_cast<uint16_t*>(row) + c0) =
+      __builtin_convertvector((rounded & ~nan) | (nan & 0x7FC0u), vh);
+}
+
+
+// dst[c * Lp + i] = rows[i][c] (zero for L <= i < Lp); C a multiple of V.
+inline void gather_transposed(const void* const* rows, bool bf16, int L, int Lp, int C, float* dst) {
+  for (int i0 = 0; i0 < Lp; i0 += V) {
+    for (int c0 = 0; c0 < C; c0 += V) {
+      vf block[V];
+      for (int r = 0; r < V; ++r) block[r] = i0 + r < L ? load_any(rows[i0 + r], bf16, c0) : splat(0.0f);
+      transpose(block);
+      for (int c = 0; c < V; ++c) store(dst + (int64_t)(c0 + c) * Lp + i0, block[c]);
+    }
+  }
+}
+
+// rows[i][c] = src[c * Lp + i] for i < L.
+inline void scatter_transposed(const float* src, int L, int Lp, int C, bool bf16, void* const* rows) {
+  for (int i0 = 0; i0 < L; i0 += V) {
+    for (int c0 = 0; c0 < C; c0 += V) {
+      vf block[V];
+      for (int c = 0; c < V; ++c) block[c] = load(src + (int64_t)(c0 + c) * Lp + i0);
+      transpose(block);
+      for (int r = 0; r < V && i0 + r < L; ++r) store_any(rows[i0 + r], bf16, c0, block[r]);
+    }
+  }
+}
+
+// N sums at once (independent FMA chains, where one chain would wait on each FMA's latency):
+// acc[n] = sum over c in [c0, c0 + d) of a[c * Lp + t0 + n] * b[c * Lp + u .. + V).
+template <int N>
+inline void column_products(const float* a, const float* b, int t0, int c0, int d, int Lp, int u, vf (&acc)[N]) {
+  for (int n = 0; n < N; ++n) acc[n] = splat(0.0f);
+  for (int c = c0; c < c0 + d; ++c) {
+    const vf bv = load(b + (int64_t)c * Lp + u);
+    for (int n = 0; n < N; ++n) acc[n] += splat(a[(int64_t)c * Lp + t0 + n]) * bv;
+  }
+}
+
+// out[t * Lp + u ..] = scale * sum over the head's channels of a[c * Lp + t] * b[c * Lp + u ..], t < L; rows
+// t >= L of out untouched.
+inline void head_products(const float* a, const float* b, int L, int Lp, int c0, int d, float scale, float* out) {
+  for (int u = 0; u < Lp; u += V) {
+    int t = 0;
+    for (; t + 8 <= L; t += 8) {
+      vf acc[8];
+      column_products<8>(a, b, t, c0, d, Lp, u, acc);
+      for (int n = 0; n < 8; ++n) store(out + (int64_t)(t + n) * Lp + u, acc[n] * scale);
+    }
+    for (; t < L; ++t) {
+      vf acc[1];
+      column_products<1>(a, b, t, c0, d, Lp, u, acc);
+      store(out + (int64_t)t * Lp + u, acc[0] * scale);
+    }
+  }
+}
+
+// pT[j * Lp + i] = softmax over j of scale * <k_j, q_i> within the head's channels c0..c0+d; rows j >= L zero.
+inline void head_probabilities(const float* qT, const float* kT, int L, int Lp, int c0, int d, float scale,
+                               float* pT) {
+  head_products(kT, qT, L, Lp, c0, d, scale, pT);
+  for (int u = 0; u < Lp; u += V) {
+    vf m = load(pT + u);
+    for (int j = 1; j < L; ++j) m = vmax(m, load(pT + (int64_t)j * Lp + u));
+    vf z0 = splat(0.0f), z1 = splat(0.0f);
+    int j = 0;
+    for (; j + 2 <= L; j += 2) {
+      const vf e0 = vexp(load(pT + (int64_t)j * Lp + u) - m), e1 = vexp(load(pT + (int64_t)(j + 1) * Lp + u) - m);
+      store(pT + (int64_t)j * Lp + u, e0);
+      store(pT + (int64_t)(j + 1) * Lp + u, e1);
+      z0 += e0;
+      z1 += e1;
+    }
+    if (j < L) {
+      const vf e = vexp(load(pT + (int64_t)j * Lp + u) - m);
+      store(pT + (int64_t)j * Lp + u, e);
+      z0 += e;
+    }
+    const vf inv = 1.0f / (z0 + z1);
+    for (j = 0; j < L; ++j) store(pT + (int64_t)j * Lp + u, load(pT + (int64_t)j * Lp + u) * inv);
+  }
+  for (int j = L; j < Lp; ++j)
+    for (int u = 0; u < Lp; u += V) store(pT + (int64_t)j * Lp + u, splat(0.0f));
+}
+
+// dst = src transposed, both Lp x Lp row-major, Lp a multiple of V.
+inline void transpose_square(const float* src, float* dst, int Lp) {
+  for (int bi = 0; bi < Lp; bi += V) {
+    for (int bj = 0; bj < Lp; bj += V) {
+      vf block[V];
+      for (int r = 0; r < V; ++r) block[r] = load(src + (int64_t)(bi + r) * Lp + bj);
+      transpose(block);
+      for (int r = 0; r < V; ++r) store(dst + (int64_t)(bj + r) * Lp + bi, block[r]);
+    }
+  }
+}
+
+// outT[c][lanes] = sum over t < n of scalars[c * Lp + t] * rows[t * Lp + lanes], for the head's d channels, eight
+// channels at a time (eight independent FMA chains, each row read once for them).
+template <int N>
+inline void weighted_rows_block(const float* scalars, const float* rows, int n, int Lp, int c, int u, float* outT) {
+  vf acc[N];
+  for (int m = 0; m < N; ++m) acc[m] = splat(0.0f);
+  for (int t = 0; t < n; ++t) {
+    const vf r = load(rows + (int64_t)t * Lp + u);
+    for (int m = 0; m < N; ++m) acc[m] += splat(scalars[(int64_t)(c + m) * Lp + t]) * r;
+  }
+  for (int m = 0; m < N; ++m) store(outT + (int64_t)(c + m) * Lp + u, acc[m]);
+}
+
+inline void scalar_weighted_rows(const float* scalars, const float* rows, int n, int Lp, int c0, int d, float* outT) {
+  for (int u = 0; u < Lp; u += V) {
+    int c = c0;
+    for (; c + 8 <= c0 + d; c += 8) weighted_rows_block<8>(scalars, rows, n, Lp, c, u, outT);
+    for (; c < c0 + d; ++c) weighted_rows_block<1>(scalars, rows, n, Lp, c, u, outT);
+  }
+}
+
+inline int padded_length(int L) { return (L + 15) / 16 * 16; }
+
+}  // namespace
+
+int64_t attention_rows_scratch(int L, int C) {
+  const int64_t Lp = padded_length(L);
+  return 7 * (int64_t)C * Lp + 4 * Lp * Lp;
+}
+
+void attention_rows_forward(const void* const* rows, bool bf16, int L, int C, int heads, float scale,
+                            void* const* out_rows, float* scratch) {
+  const int d = C / heads, Lp = padded_length(L);
+  float* qT = scratch;
+  float* kT = qT + (int64_t)C * Lp;
+  float* vT = kT + (int64_t)C * Lp;
+  float* oT = vT + (int64_t)C * Lp;
+  float* pT = oT + (int64_t)C * Lp;
+  gather_transposed(rows, bf16, L, Lp, C, qT);
+  gather_transposed(rows + L, bf16, L, Lp, C, kT);
+  gather_transposed(rows + 2 * L, bf16, L, Lp, C, vT);
+  for (int c0 = 0; c0 < C; c0 += d) {
+    head_probabilities(qT, kT, L, Lp, c0, d, scale, pT);
+    scalar_weighted_rows(vT, pT, L, Lp, c0, d, oT);  // oT[c][i] = sum_j v_j[c] p_ji
+  }
+  scatter_transposed(oT, L, Lp, C, bf16, out_rows);
+}
+
+void attention_rows_backward(const void* const* rows, bool bf16, int L, int C, int heads, float scale,
+                             void* const* out_rows, float* scratch) {
+  // dP = dO V^T, dS = P * (dP - rowsum(P * dP)) * scale, dQ = dS K, dK = dS^T Q, dV = P^T dO; P recomputed.
+  const int d = C / heads, Lp = padded_length(L);
+  const int64_t block = (int64_t)C * Lp, square = (int64_t)Lp * Lp;
+  float* qT = scratch;
+  float* kT = qT + block;
+  float* vT = kT + block;
+  float* doT = vT + block;
+  float* dqT = doT + block;
+  float* dkT = dqT + block;
+  float* dvT = dkT + block;
+  float* pT = dvT + block;
+  float* dsT = pT + square;
+  float* p = dsT + square;
+  float* ds = p + square;
+  gather_transposed(rows, bf16, L, Lp, C, qT);
+  gather_transposed(rows + L, bf16, L, Lp, C, kT);
+  gather_transposed(rows + 2 * L, bf16, L, Lp, C, vT);
+  gather_transposed(rows + 3 * L, bf16, L, Lp, C, doT);
+  for (int c0 = 0; c0 < C; c0 += d) {
+    head_probabilities(qT, kT, L, Lp, c0, d, scale, pT);
+    head_products(vT, doT, L, Lp, c0, d, 1.0f, dsT);  // dP^T[j][i] = <v_j, do_i>
+    for (int u = 0; u < Lp; u += V) {
+      vf delta0 = splat(0.0f), delta1 = splat(0.0f);
+      int j = 0;
+      for (; j + 2 <= L; j += 2) {
+        delta0 += load(pT + (int64_t)j * Lp + u) * load(dsT + (int64_t)j * Lp + u);
+        delta1 += load(pT + (int64_t)(j + 1) * Lp + u) * load(dsT + (int64_t)(j + 1) * Lp + u);
+      }
+      if (j < L) delta0 += load(pT + (int64_t)j * Lp + u) * load(dsT + (int64_t)j * Lp + u);
+      const vf delta = delta0 + delta1;
+      for (j = 0; j < L; ++j) {
+        const vf dp = load(dsT + (int64_t)j * Lp + u);
+        store(dsT + (int64_t)j * Lp + u, load(pT + (int64_t)j * Lp + u) * (dp - delta) * scale);
+      }
+    }
+    for (int j = L; j < Lp; ++j)
+      for (int u = 0; u < Lp; u += V) store(dsT + (int64_t)j * Lp + u, splat(0.0f));
+    transpose_square(pT, p, Lp);
+    transpose_square(dsT, ds, Lp);
+    scalar_weighted_rows(kT, dsT, L, Lp, c0, d, dqT);  // dqT[c][i] = sum_j k_j[c] ds_ji
+    scalar_weighted_rows(qT, ds, L, Lp, c0, d, dkT);   // dkT[c][j] = sum_i q_i[c] ds_ij
+    scalar_weighted_rows(doT, p, L, Lp, c0, d, dvT);   // dvT[c][j] = sum_i do_i[c] p_ij
+  }
+  scatter_transposed(dqT, L, Lp, C, bf16, out_rows);
+  scatter_transposed(dkT, L, Lp, C, bf16, out_rows + L);
+  scatter_transposed(dvT, L, Lp, C, bf16, out_rows + 2 * L);
+}
+
 }  // namespace KASF_NS
 }  // namespace kasf_cpu

@@ -3,7 +3,10 @@
 // Layouts: token rows, row r = (b * n_frames + t) * n_joints + j, channels contiguous. A Sequence is the rows one
 // attention or graph mixer works over: a frame's joints (spatial: base b*T*J + t*J, step 1, length J) or a joint's
 // frames (temporal: base b*T*J + j, step J, length T). Products take W stored (K, N) row-major (the transpose of
-// nn.Linear's weight) and N a multiple of the vector width; D (the feature width) a multiple of 16.
+// nn.Linear's weight) and N a multiple of the vector width; D (the feature width) a multiple of 16. The training
+// attention (attention_rows_*) takes one sequence as token row pointers: q, k, v (and the output's gradient) of L
+// rows each, one after the other, float32 or bf16, C channels (a multiple of 16); it writes L rows (forward) or
+// dq, dk, dv (backward) through out_rows, in the same dtype. scratch: attention_rows_scratch(L, C) floats.
 #pragma once
 
 #include <stdint.h>
@@ -33,6 +36,11 @@ struct Sequence {
                       float* x, float* scratch);                                                                      \
   void fuse_rows(const float* const* branches, int n_branches, int64_t rows, int D, const float* weight,             \
                  const float* bias, float* out);                                                                      \
+  int64_t attention_rows_scratch(int L, int C);                                                                       \
+  void attention_rows_forward(const void* const* rows, bool bf16, int L, int C, int heads, float scale,              \
+                              void* const* out_rows, float* scratch);                                                 \
+  void attention_rows_backward(const void* const* rows, bool bf16, int L, int C, int heads, float scale,             \
+                               void* const* out_rows, float* scratch);                                                \
   }
 
 KASF_DECLARE_CPU_KERNELS(avx512)

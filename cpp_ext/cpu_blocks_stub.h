@@ -14,4 +14,7 @@
   void graph_sequence(const float*, const float*, const Sequence&, int, const float*, int, const float*,             \
                       const float*, const float*, float*, float*) {}                                                  \
   void fuse_rows(const float* const*, int, int64_t, int, const float*, const float*, float*) {}                      \
+  int64_t attention_rows_scratch(int, int) { return 0; }                                                              \
+  void attention_rows_forward(const void* const*, bool, int, int, int, float, void* const*, float*) {}               \
+  void attention_rows_backward(const void* const*, bool, int, int, int, float, void* const*, float*) {}              \
   }

@@ -19,6 +19,7 @@ import torch
 from kasf import skeleton
 
 OP_NAME = "kasf::anatomy_features"
+ATTENTION_OP = "kasf::attention_rows"
 # setup.py (cpp_ext/native_build.py) writes the record beside the extension, in the kasf package folder.
 _BUILD_INFO = Path(__file__).resolve().parents[1] / "_build_info.json"
 
@@ -90,6 +91,32 @@ def _register_python_parts() -> None:
         return torch.ops.kasf.anatomy_features_backward(grad.contiguous(), joints)
 
     torch.library.register_autograd(OP_NAME, _backward, setup_context=_setup_context)
+
+    # kasf::attention_rows (cpp_ext/cpu_blocks.cpp): the training attention of kasf.model.layers.Attention on CPUs.
+    @torch.library.register_fake(ATTENTION_OP)
+    def _fake_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, temporal: bool,
+                        scale: float) -> torch.Tensor:
+        torch._check(q.dim() == 4 and q.shape == k.shape == v.shape,
+                     lambda: "kasf::attention_rows: q, k, v must share one (B, T, J, C) shape")
+        return torch.empty(q.shape, dtype=q.dtype, device=q.device)
+
+    @torch.library.register_fake("kasf::attention_rows_backward")
+    def _fake_attention_backward(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                                 temporal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return tuple(torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))  # type: ignore[return-value]
+
+    def _setup_attention(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        q, k, v, ctx.heads, ctx.temporal, ctx.scale = inputs
+        ctx.save_for_backward(q, k, v)
+
+    def _attention_backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        q, k, v = ctx.saved_tensors
+        if grad.stride(-1) != 1:
+            grad = grad.contiguous()
+        dq, dk, dv = torch.ops.kasf.attention_rows_backward(grad, q, k, v, ctx.heads, ctx.temporal, ctx.scale)
+        return dq, dk, dv, None, None, None
+
+    torch.library.register_autograd(ATTENTION_OP, _attention_backward, setup_context=_setup_attention)
 
 
 def native_available() -> bool:

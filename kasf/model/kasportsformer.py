@@ -18,6 +18,25 @@ from kasf.model.input_norm import canonical_input, check_input_norm, check_windo
 from kasf.model.layers import Attention, FormerModule
 
 INFERENCE_PATHS = ("reference", "fused", "onnxruntime", "native")
+TRAINING_ATTENTIONS = ("reference", "native")
+
+
+def native_attention_unavailable(model: nn.Module) -> str:
+    """Why set_training_attention('native') cannot run for this model here, or '' when it can."""
+    from kasf.anatomy_op import native
+
+    loaded, reason = native.load()
+    if not loaded:
+        return reason
+    if not hasattr(torch.ops.kasf, "attention_rows"):
+        return "this build of kasf._C has no kasf::attention_rows (rebuild the extension)"
+    widths = {m.dim for m in model.modules() if isinstance(m, Attention) and m.dim % 16}
+    if widths:
+        return f"kasf::attention_rows needs dim_feat a multiple of 16, got {widths.pop()}"
+    dropped = [m.attn_drop.p for m in model.modules() if isinstance(m, Attention) and m.attn_drop.p > 0]
+    if dropped:
+        return f"attention dropout ({dropped[0]}) is not implemented by kasf::attention_rows"
+    return ""
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
 
 # Keywords the reference accepts whose non-default values no released KASportsFormer uses and kasf does not build.
@@ -164,6 +183,23 @@ class KASportsFormer(nn.Module):
                 module.onnxruntime_nodes = path == "onnxruntime"
             elif isinstance(module, LimbFuser):
                 module.grouped = path != "reference"
+        return self
+
+    def set_training_attention(self, kind: str) -> "KASportsFormer":
+        """'reference': attention as the reference computes it (matmul, softmax, matmul; every device). 'native':
+        kasf::attention_rows (cpp_ext), the same function with its own backward, on CPU tensors: in a compiled bf16
+        training step on 2 cores it took the step from ... (docs/training.md). Needs the native extension and no
+        attention dropout; an ONNX export or set_inference_path does not use it."""
+        if kind not in TRAINING_ATTENTIONS:
+            raise ValueError(f"training attention must be one of {', '.join(map(repr, TRAINING_ATTENTIONS))}, "
+                             f"got {kind!r}")
+        if kind == "native":
+            reason = native_attention_unavailable(self)
+            if reason:
+                raise ValueError(f"training attention 'native' is not available: {reason}")
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.native_rows = kind == "native"
         return self
 
     @property

@@ -139,6 +139,7 @@ class Attention(nn.Module):
         self.fused = False  # True: scaled_dot_product_attention; False: the reference's matmul-softmax-matmul
         self.onnxruntime_nodes = False  # True: an ONNX export writes the ORT-CPU form of the attention (below)
         self.onnxruntime_attention = "contrib"  # which of ORT_ATTENTION_FORMS that is
+        self.native_rows = False  # True: kasf::attention_rows (CPU training; see KASportsFormer.set_training_attention)
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
@@ -191,7 +192,13 @@ class Attention(nn.Module):
         k, v = packed.split(dim, dim=-1)  # contrib cross-attention; constant sizes: no Shape node
         return _OrtAttention.apply(queries, k, v, self.num_heads, self.scale)
 
+    def _native_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The same attention by kasf::attention_rows on (B, T, J, D) rows: no head split, no score tensors."""
+        return torch.ops.kasf.attention_rows(q, k, v, self.num_heads, self.mode == "temporal", self.scale)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.native_rows:
+            return self.proj_drop(self.proj(self._native_rows(*self.qkv(x).split(self.dim, dim=-1))))
         if self._exports_ort_nodes():
             if self.onnxruntime_attention == "contrib":
                 bias = self.qkv.bias if self.qkv.bias is not None else x.new_zeros(3 * self.dim)
@@ -216,6 +223,9 @@ class BoneCrossAttention(Attention):
         self.qkv_kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
 
     def forward(self, x: torch.Tensor, limb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if self.native_rows:
+            k, v = self.qkv_kv(limb).split(self.dim, dim=-1)
+            return self.proj_drop(self.proj(self._native_rows(self.qkv_q(x), k, v)))
         if self._exports_ort_nodes():
             out = self._ort_attention(self.qkv_q(self._tokens(x)), self.qkv_kv(self._tokens(limb)))
             return self.proj_drop(self.proj(self._untokens(out)))

@@ -76,6 +76,9 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     threads: int = 0  # torch CPU threads (0: leave torch's default)
     compile: bool = False  # torch.compile the training forward (inductor fuses the small ops; costs minutes once)
+    # The attention of the training step: 'native' kasf::attention_rows (C++, CPU only, the same function with its own
+    # backward), 'reference' (matmul, softmax, matmul), 'auto' native where it runs (CPU with the extension).
+    training_attention: str = "auto"
     ema_decay: float = 0.0  # > 0: validate and save an exponential moving average of the weights (e.g. 0.998)
     seed: int = 0
     eval_flip: bool = True
@@ -164,7 +167,7 @@ def config_from_mapping(raw: Mapping[str, Any], where: str = "config", base: Tra
 def _validate(cfg: TrainConfig, where: str) -> None:
     choices = {"data_flavour": ("sportspose", "worldpose", "generic", "mocap"), "schedule": ("plateau", "cosine"),
                "precision": ("auto", "fp32", "bf16", "fp16"), "short_clips": ("resample", "drop", "error"),
-               "time_budget_clock": ("wall", "cpu")}
+               "time_budget_clock": ("wall", "cpu"), "training_attention": ("auto", "native", "reference")}
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"{where}: key '{key}' must be one of {', '.join(allowed)}, got {getattr(cfg, key)!r}")

@@ -398,6 +398,27 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict[str, Any]:
         return _train(cfg, command, stop_requested)
 
 
+def _training_attention(asked: str, model: torch.nn.Module, device: torch.device, main: bool) -> str:
+    """Set and name the attention the training step runs ('native' or 'reference'); 'auto' takes native where it
+    runs and says why not where it does not."""
+    from kasf.model.kasportsformer import native_attention_unavailable
+
+    if not hasattr(model, "set_training_attention"):
+        if asked == "native":
+            raise ConfigError("training_attention: native applies to KASportsFormer / MotionAGFormer models (this "
+                              "model has no attention); use auto")
+        return "no"
+    reason = ("kasf::attention_rows runs on the CPU; this run trains on " + str(device) if device.type != "cpu"
+              else native_attention_unavailable(model))
+    if asked == "native" and reason:
+        raise ConfigError(f"training_attention: native is not available: {reason}")
+    chosen = "native" if asked in ("auto", "native") and not reason else "reference"
+    if asked == "auto" and reason and device.type == "cpu" and main:
+        print(f"training attention: reference (native not available: {reason})", flush=True)
+    model.set_training_attention(chosen)
+    return chosen
+
+
 def _train(cfg: TrainConfig, command: str | None, stop_requested: Callable[[], bool]) -> dict[str, Any]:
     env = setup_distributed()
     if cfg.threads > 0:
@@ -413,6 +434,7 @@ def _train(cfg: TrainConfig, command: str | None, stop_requested: Callable[[], b
     data = TrainingData(cfg, env)
     model_cfg = cfg.model_dict()
     model = model_from_config(model_cfg).to(device)
+    attention = _training_attention(cfg.training_attention, model, device, env.main)
     optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, device)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     steps_per_epoch = len(data.loader(0))
@@ -471,7 +493,8 @@ def _train(cfg: TrainConfig, command: str | None, stop_requested: Callable[[], b
     logs = Logs(cfg, out, env.main)
     if env.main and start_epoch == 0:
         print(f"training {model_label(model_cfg)} "
-              f"({count_parameters(model):,} parameters) on {device} in {precision}; {data.description}; "
+              f"({count_parameters(model):,} parameters) on {device} in {precision}, {attention} attention; "
+              f"{data.description}; "
               f"{steps_per_epoch} steps/epoch x {cfg.epochs} epochs", flush=True)
 
     def metadata(epoch: int, report: dict[str, Any] | None) -> dict[str, Any]:
