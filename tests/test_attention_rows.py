@@ -122,6 +122,9 @@ def test_bad_input_is_refused_with_the_reason() -> None:
         model.set_training_attention("native")
     with pytest.raises(ValueError, match="must be one of"):
         model.set_training_attention("flash")
+    traced = build("kasportsformer-t", n_layers=1).eval().set_training_attention("native")
+    with pytest.raises(ValueError, match="cannot be exported"):
+        torch.jit.trace(traced, torch.randn(1, 27, 17, 3))
 
 
 def test_training_config_refuses_native_attention_where_it_cannot_run(tmp_path) -> None:

@@ -194,6 +194,9 @@ class Attention(nn.Module):
 
     def _native_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """The same attention by kasf::attention_rows on (B, T, J, D) rows: no head split, no score tensors."""
+        if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
+            raise ValueError("the native training attention (kasf::attention_rows) cannot be exported: call "
+                             "set_training_attention('reference') before exporting")
         return torch.ops.kasf.attention_rows(q, k, v, self.num_heads, self.mode == "temporal", self.scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
