@@ -56,14 +56,17 @@ CASES = {
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_native_path_is_the_model(case: str) -> None:
-    """Random Gaussian windows keep the temporal graph's similarities apart (no near-ties), so every output
-    agrees to rounding; a wrong channel, head or neighbour would move it by ~1e-1."""
+    """Every output agrees to rounding but where the temporal graph's k-th largest similarity ties within rounding:
+    there one neighbour of one node flips and that joint of that frame moves by ~1e-2 (seen once, 81 frames, on an
+    AMD EPYC: 1 joint of 4131). A wrong channel, head or neighbour rule moves most outputs by ~1e-1."""
     options = dict(CASES[case])
     model = perturbed_model(options.pop("preset"), **options)
     for batch in (1, 3):
         reference, native = _both(model, _windows(batch, seed=batch, frames=model.n_frames))
         assert native.shape == reference.shape
-        assert (native - reference).abs().max().item() < 2e-5
+        error = (native - reference).abs()
+        joints_off = (error > 2e-5).any(dim=-1)
+        assert joints_off.sum().item() <= max(1, joints_off.numel() // 1000) and error.max().item() < 2e-2
 
 
 def test_empty_batch() -> None:
