@@ -37,6 +37,8 @@ def native_attention_unavailable(model: nn.Module) -> str:
     if dropped:
         return f"attention dropout ({dropped[0]}) is not implemented by kasf::attention_rows"
     return ""
+
+
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
 
 # Keywords the reference accepts whose non-default values no released KASportsFormer uses and kasf does not build.
