@@ -343,7 +343,6 @@ inline void store_any(void* row, bool bf16, int c0, vf v) {
       __builtin_convertvector((rounded & ~nan) | (nan & 0x7FC0u), vh);
 }
 
-
 // dst[c * Lp + i] = rows[i][c] (zero for L <= i < Lp); C a multiple of V.
 inline void gather_transposed(const void* const* rows, bool bf16, int L, int Lp, int C, float* dst) {
   for (int i0 = 0; i0 < Lp; i0 += V) {

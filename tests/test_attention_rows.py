@@ -127,7 +127,7 @@ def test_bad_input_is_refused_with_the_reason() -> None:
         torch.jit.trace(traced, torch.randn(1, 27, 17, 3))
 
 
-def test_training_config_refuses_native_attention_where_it_cannot_run(tmp_path) -> None:
+def test_training_config_refuses_native_attention_where_it_cannot_run() -> None:
     from kasf.training.engine import _training_attention
 
     with pytest.raises(ConfigError, match="training_attention"):

@@ -190,7 +190,7 @@ class KASportsFormer(nn.Module):
     def set_training_attention(self, kind: str) -> "KASportsFormer":
         """'reference': attention as the reference computes it (matmul, softmax, matmul; every device). 'native':
         kasf::attention_rows (cpp_ext), the same function with its own backward, on CPU tensors: attention was a
-        third of a compiled bf16 training step of the demo model, and the step ran 1.31x faster with it
+        third of a compiled bf16 training step of the demo model, and the step ran 1.27x faster with it
         (docs/training.md). Needs the native extension, widths a multiple of 16 and no attention dropout. Not
         saved in checkpoints; an ONNX export must not run with it on (nothing but kasf runs the op)."""
         if kind not in TRAINING_ATTENTIONS:
